@@ -1,0 +1,77 @@
+"""The LightningModule: the GPT plus its loss, metrics, optimizer and lr schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from gptlab.lit.schedule import WarmupCosine
+from gptlab.model import GPT, GPTConfig, param_groups
+from gptlab.tokenizers import tokenizer_from_dict
+
+CHECKPOINT_FORMAT = 1
+
+
+class GPTLitModule(L.LightningModule):
+    """Wraps a GPT for training.
+
+    Its hyperparameters (saved in every checkpoint) are plain values: the model config and the tokenizer,
+    so a checkpoint alone rebuilds both (`gptlab.checkpoint.load`). The optimizer arrives as a factory
+    (Hydra's `_partial_: true`), taking the parameter groups.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        tokenizer: dict,
+        optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
+        scheduler: Optional[dict] = None,
+        val_tokens_per_char: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"], logger=False)
+        self.config = GPTConfig(**model)
+        self.model = GPT(self.config)
+        self.tokenizer = tokenizer_from_dict(tokenizer)
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler or {})
+        self.val_tokens_per_char = val_tokens_per_char
+        self.val_loss = MeanMetric()
+
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
+        return self.model(idx, targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.val_loss.update(loss, weight=x.size(0))
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # mean over every window, synced across DDP ranks
+        self.val_loss.reset()
+        # loss is in nats per token; bits per character makes char and BPE runs comparable
+        bpc = loss / math.log(2) * self.val_tokens_per_char
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpc": bpc}, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("GPTLitModule was built without an optimizer factory; it can only run inference")
+        optimizer = self.optimizer_factory(param_groups(self.model))
+        cfg = self.scheduler_cfg
+        total = cfg.get("total_steps") or self.trainer.max_steps
+        schedule = WarmupCosine(int(cfg.get("warmup_steps", 0)), int(total), float(cfg.get("min_lr_ratio", 0.1)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["gptlab"] = {"format": CHECKPOINT_FORMAT}

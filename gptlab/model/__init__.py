@@ -1,0 +1,6 @@
+"""The GPT itself and sampling from it: plain PyTorch, no Lightning, no Hydra."""
+
+from gptlab.model.gpt import GPT, ConfigError, GPTConfig, KVCache, param_groups
+from gptlab.model.sampling import filter_logits, generate, sample_next
+
+__all__ = ["GPT", "GPTConfig", "ConfigError", "KVCache", "param_groups", "generate", "sample_next", "filter_logits"]

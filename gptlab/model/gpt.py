@@ -1,0 +1,283 @@
+"""The GPT: token + learned position embeddings, a stack of transformer blocks, a language-model head.
+
+One file, top to bottom, in the order the data flows. Parameter names follow GPT-2's checkpoint
+(`transformer.wte`, `h.0.attn.c_attn`, `ln_f`, ...) so pretrained weights map one to one.
+Shapes in comments: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ACTIVATIONS = ("gelu", "relu")
+NORMS = ("pre", "post")
+ATTENTIONS = ("sdpa", "explicit")
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot work; the message says which field and how to fix it."""
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer when the model is built
+    block_size: int = 128  # longest context the model sees (size of the position table)
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 256
+    dropout: float = 0.1
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
+    activation: str = "gelu"  # "gelu" (GPT-1/GPT-2) or "relu" (the original Transformer)
+    norm: str = "pre"  # "pre": LayerNorm before each sublayer (GPT-2); "post": after the residual add (GPT-1)
+    tie_weights: bool = True  # lm_head shares its matrix with the token embedding, as GPT-2
+    attention: str = "sdpa"  # "sdpa": fused kernels (flash on GPU); "explicit": softmax(QK^T)V written out
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ConfigError(f"model.vocab_size must be >= 1, got {self.vocab_size}")
+        if self.n_embd % self.n_head != 0:
+            raise ConfigError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
+                f"pick n_head from the divisors of n_embd (e.g. model.n_head={_nearest_divisor(self.n_embd, self.n_head)})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("activation", ACTIVATIONS), ("norm", NORMS), ("attention", ATTENTIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t only sees positions <= t."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.explicit = config.attention == "explicit"
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, kv_cache: Optional["KVCache"] = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        # (B, T, C) -> (B, nh, T, hs): each head attends independently
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.append(k, v)  # (B, nh, past+T, hs)
+
+        weights = None
+        dropout_p = self.dropout if self.training else 0.0
+        if self.explicit or need_weights:
+            y, weights = explicit_attention(q, k, v, past, self.attn_dropout)
+        elif past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif T == 1:  # one new token: it may see every cached key, so no mask at all
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:  # a chunk after a cache: query i sits at position past+i
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, x.device), dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y)), weights
+
+
+def causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
+    """(T, past+T) boolean mask, True where query i (at position past+i) may look at key j."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, dropout: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(Q K^T / sqrt(hs)) V with the causal mask, returning the weights too (B, nh, T, past+T)."""
+    T = q.size(-2)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, past+T)
+    att = att.masked_fill(~causal_mask(T, past, q.device), float("-inf"))
+    att = F.softmax(att, dim=-1)
+    return dropout(att) @ v, att  # (B, nh, T, hs)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        # GPT-2 uses the tanh approximation of GELU; keeping it makes pretrained weights behave the same
+        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One transformer layer: attention then MLP, each wrapped in a residual connection and a LayerNorm."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.pre_norm = config.norm == "pre"
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, kv_cache: Optional["KVCache"] = None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.pre_norm:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
+            a, w = self.attn(self.ln_1(x), kv_cache, need_weights)
+            x = x + a
+            x = x + self.mlp(self.ln_2(x))
+        else:  # GPT-1 / original Transformer: LN(x + f(x))
+            a, w = self.attn(x, kv_cache, need_weights)
+            x = self.ln_1(x + a)
+            x = self.ln_2(x + self.mlp(x))
+        return x, w
+
+
+class KVCache:
+    """Keys and values of one attention layer for the tokens seen so far, preallocated to `max_len`."""
+
+    def __init__(self, batch: int, n_head: int, max_len: int, head_size: int, device, dtype) -> None:
+        self.k = torch.empty(batch, n_head, max_len, head_size, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV cache holds {self.k.size(2)} positions; cannot append up to {end}")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ConfigError("model.vocab_size is not set: build the model with the tokenizer's vocabulary size")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                # pre-norm leaves the residual stream unnormalised, so GPT-2 adds a final LayerNorm;
+                # post-norm blocks already end in one (GPT-1 has no ln_f)
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.norm == "pre" else nn.Identity(),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
+        # two per layer, so the stream's variance does not grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters counted once (tied matrices once); without the position table by default, as GPT-2 reports."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: Optional[torch.Tensor] = None,
+        kv_caches: Optional[list[KVCache]] = None,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy."""
+        x = self._embed(idx, kv_caches[0].length if kv_caches else 0)
+        for i, block in enumerate(self.transformer.h):
+            x, _ = block(x, kv_caches[i] if kv_caches else None)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def attention_weights(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Attention maps of every layer, each (B, nh, T, T), computed on the explicit path."""
+        x = self._embed(idx, 0)
+        maps = []
+        for block in self.transformer.h:
+            x, w = block(x, need_weights=True)
+            maps.append(w)
+        return maps
+
+    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        B, T = idx.shape
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than model.block_size={self.config.block_size}"
+            )
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+
+    def new_kv_caches(self, batch: int, max_len: Optional[int] = None) -> list[KVCache]:
+        c = self.config
+        w = self.transformer.wte.weight
+        return [
+            KVCache(batch, c.n_head, max_len or c.block_size, c.head_size, w.device, w.dtype)
+            for _ in range(c.n_layer)
+        ]
+
+    def flops_per_token(self, seq_len: Optional[int] = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 per weight, plus attention's QK^T and AV
+        (the estimate of the PaLM paper, appendix B)."""
+        c, T = self.config, seq_len or self.config.block_size
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """AdamW groups: matrices (Linear weights, embeddings) decay at the optimizer's weight_decay;
+    biases and LayerNorm weights do not decay."""
+    decay, no_decay = [], []
+    for p in model.parameters():  # .parameters() yields a tied matrix once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

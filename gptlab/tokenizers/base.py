@@ -1,0 +1,65 @@
+"""What every tokenizer offers, so the data pipeline, the model and generation never ask which one they hold."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Optional, Sequence
+
+
+class TokenizerError(ValueError):
+    """Text a tokenizer cannot encode, or a saved tokenizer it cannot read."""
+
+
+class Tokenizer(ABC):
+    kind: ClassVar[str]  # the name in configs and in saved JSON ("char", "bpe")
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    @abstractmethod
+    def to_dict(self) -> dict:
+        """Everything needed to rebuild the tokenizer, as plain JSON-able values (with a "kind" key)."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, d: dict) -> "Tokenizer": ...
+
+    @property
+    def eot_id(self) -> Optional[int]:
+        """The end-of-text token, if the vocabulary has one; generation stops there."""
+        return None
+
+    def decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Turns tokens into text one at a time, holding back bytes until they form whole characters.
+
+    Byte-level tokens may end in the middle of a UTF-8 character; printing each token's text as it
+    comes would show replacement characters. This keeps the decoded prefix and emits only what is final.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        stable = len(text.rstrip("\ufffd"))  # a trailing replacement char may still be completed
+        out, self.emitted = text[self.emitted : stable], max(self.emitted, stable)
+        return out
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        out, self.emitted = text[self.emitted :], len(text)
+        return out

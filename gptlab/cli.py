@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Callable
+from typing import Callable, NoReturn, TypeVar
 
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
+from hydra.errors import HydraException, InstantiationException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from gptlab.errors import GptlabError
 from gptlab.model import ConfigError
 from gptlab.tokenizers import TokenizerError
 
+T = TypeVar("T")
 USER_ERRORS = (GptlabError, ConfigError, TokenizerError, HydraException, OmegaConfBaseException)
+
+
 
 
 def one_line(ex: BaseException) -> str:
     """Hydra and OmegaConf spread a message over several lines (key, full_key, object_type); keep the gist."""
-    parts = [str(ex)]
+    if isinstance(ex, InstantiationException) and ex.__cause__ is not None:
+        # building an object from the config failed: the cause is the message that matters
+        cause = ex.__cause__
+        if isinstance(cause, (GptlabError, ConfigError, TokenizerError)):
+            return one_line(cause)
+        node = str(ex).split("full_key:")[-1].strip() if "full_key:" in str(ex) else "config"
+        return f"{node}: {' '.join(str(cause).split())}"
     cause = ex.__cause__
+    if str(ex).startswith("Could not override") and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        key = str(ex).split("'")[1]
+        return f"unknown config key {key}: check its spelling | every key: python -m gptlab.train --cfg job"
+    parts = [str(ex)]
     if isinstance(ex, HydraException) and isinstance(cause, OmegaConfBaseException):
         parts.append(str(cause).splitlines()[0] if str(cause) else "")
     if isinstance(ex, OmegaConfBaseException):
         parts = [str(ex).splitlines()[0]]
-    text = " ".join(" ".join(parts).split())
-    text = text.replace("Key '", "key '").replace(" is not in struct", " does not exist (check its spelling)")
+    text = " ".join(" ".join(parts).split()).split(" Config search path")[0]
     if isinstance(ex, (HydraException, OmegaConfBaseException)):
-        text += " | see every key: python -m gptlab.train --cfg job"
+        text += " | every key: python -m gptlab.train --cfg job"
     return text
 
 
@@ -38,11 +52,35 @@ def run(hydra_main: Callable[[], object]) -> None:
     we set it so they reach us. If you set HYDRA_FULL_ERROR yourself, you get the full traceback.
     """
     wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["GPTLAB_TRACEBACK"] = "1" if wants_traceback else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
-    except USER_ERRORS as ex:
+    except USER_ERRORS as ex:  # composing the config failed, before any job ran
         if wants_traceback:
             raise
-        print(f"error: {one_line(ex)}", file=sys.stderr)
-        sys.exit(2)
+        fail(ex)
+
+
+def fail(ex: BaseException) -> NoReturn:
+    print(f"error: {one_line(ex)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def reports_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
+    """Wrap a Hydra task function: a user error inside the job ends it with one line and exit status 2.
+
+    (Caught here rather than after Hydra returns, because Hydra writes its own "Error executing job"
+    line for exceptions that leave the task function; SystemExit passes it silently.)
+    """
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> T:
+        try:
+            return task(cfg)
+        except USER_ERRORS as ex:
+            if os.environ.get("GPTLAB_TRACEBACK") == "1":
+                raise
+            fail(ex)
+
+    return wrapper

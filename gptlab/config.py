@@ -7,12 +7,13 @@ The model schema is the model's own GPTConfig: one definition, no copy to keep i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
+from omegaconf import II, MISSING, DictConfig
 
+from gptlab.errors import GptlabError
 from gptlab.model.gpt import GPTConfig
 
 
@@ -120,3 +121,33 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="tokenizer", name="char_schema", node=CharTokenizerConfig)
     cs.store(group="optim", name="adamw_schema", node=AdamWConfig)
+
+
+# the schema of each node, for the check below; optim and tokenizer pick theirs by what they build
+TOKENIZER_SCHEMAS: dict[str, type] = {"char": CharTokenizerConfig}
+OPTIM_SCHEMAS: dict[str, type] = {"torch.optim.AdamW": AdamWConfig}
+NODE_SCHEMAS: dict[str, type] = {
+    "model": GPTConfig, "data": DataConfig, "trainer": TrainerConfig, "scheduler": SchedulerConfig, "paths": PathsConfig
+}
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Reject keys no schema knows. Hydra lets `+key=value` add keys even to typed nodes; a typo there
+    would otherwise surface later as a TypeError deep inside a constructor."""
+    nodes: list[tuple[str, Any, type]] = [("", cfg, TrainConfig)]
+    nodes += [(name, cfg.get(name), schema) for name, schema in NODE_SCHEMAS.items()]
+    if cfg.get("tokenizer") is not None:
+        nodes.append(("tokenizer", cfg.tokenizer, TOKENIZER_SCHEMAS.get(cfg.tokenizer.get("kind"), object)))
+    if cfg.get("optim") is not None:
+        nodes.append(("optim", cfg.optim, OPTIM_SCHEMAS.get(cfg.optim.get("_target_"), object)))
+    for name, node, schema in nodes:
+        if node is None or schema is object:
+            continue
+        known = {f.name for f in fields(schema)}
+        unknown = [k for k in node.keys() if k not in known and not (name == "" and k == "hydra")]
+        if unknown:
+            where = f"{name}." if name else ""
+            raise GptlabError(
+                f"unknown config key {where}{unknown[0]}: {name or 'the top level'} takes "
+                f"{', '.join(sorted(known))}"
+            )

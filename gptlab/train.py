@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab import cli
 from gptlab.checkpoint import resolve_checkpoint
-from gptlab.config import register_configs
+from gptlab.config import check_keys, register_configs
 from gptlab.data import TextDataModule
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
@@ -74,6 +74,7 @@ def build_model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...)."""
+    check_keys(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # shape errors before any data work
     out_dir = Path(cfg.paths.output_dir)
@@ -127,6 +128,7 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="train")
+@cli.reports_errors
 def _main(cfg: DictConfig) -> float:
     return train(cfg).get("val/loss", math.nan)  # what a sweeper minimises
 

@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests never download: they use the Tiny Shakespeare copy in ../shared/data
+(or $GPTLAB_DATA_DIR) and compose configs with Hydra's compose API into tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("GPTLAB_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+SHAKESPEARE = DATA_DIR / "tinyshakespeare" / "input.txt"
+
+# every process started by the tests (the CLI ones too) finds the data here and downloads nothing
+os.environ["GPTLAB_DATA_DIR"] = str(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One token cache for the whole session: Tiny Shakespeare is tokenized once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    if not SHAKESPEARE.is_file():
+        pytest.skip(f"Tiny Shakespeare not found at {SHAKESPEARE}")
+    return SHAKESPEARE.read_text(encoding="utf-8")
+
+
+def make_cfg(out_dir: Path, cache_dir: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
+    """Compose the real config as the CLI would, with a small, fast nano run as the base."""
+    base = [
+        "model=nano",
+        "trainer=cpu",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        "trainer.limit_val_batches=2",
+        "data.batch_size=8",
+        "scheduler.warmup_steps=2",
+        "sample_tokens=20",
+        "callbacks.text_samples.max_new_tokens=20",
+        "callbacks.progress_bar.mode=lines",
+        f"paths.output_dir={out_dir}",
+        f"paths.cache_dir={cache_dir}",
+    ]
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=[*base, *overrides])
+
+
+@pytest.fixture
+def cfg_factory(tmp_path, cache_dir):
+    def factory(*overrides: str, out: str = "run") -> DictConfig:
+        return make_cfg(tmp_path / out, cache_dir, list(overrides))
+
+    return factory

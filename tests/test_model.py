@@ -1,0 +1,143 @@
+import math
+
+import pytest
+import torch
+
+from gptlab.model import GPT, ConfigError, GPTConfig, filter_logits, generate, param_groups, sample_next
+
+
+def tiny(**kw) -> GPT:
+    cfg = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.0)
+    cfg.update(kw)
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def test_shapes_and_loss():
+    m = tiny()
+    x = torch.randint(0, 50, (3, 16))
+    logits, loss = m(x, x)
+    assert logits.shape == (3, 16, 50)
+    assert loss.ndim == 0
+    assert m(x)[1] is None
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_causal_masking(attention, norm):
+    m = tiny(attention=attention, norm=norm)
+    x = torch.randint(0, 50, (2, 16))
+    base = m(x)[0]
+    for t in range(15):
+        y = x.clone()
+        y[:, t + 1 :] = torch.randint(0, 50, y[:, t + 1 :].shape)  # change everything after t
+        out = m(y)[0]
+        assert torch.allclose(out[:, : t + 1], base[:, : t + 1], atol=1e-6), f"position <= {t} saw the future"
+        assert not torch.allclose(out[:, t + 1 :], base[:, t + 1 :])
+
+
+def test_sdpa_equals_explicit_and_weights_are_causal():
+    sdpa, explicit = tiny(), tiny(attention="explicit")
+    explicit.load_state_dict(sdpa.state_dict())
+    x = torch.randint(0, 50, (2, 16))
+    assert torch.allclose(sdpa(x)[0], explicit(x)[0], atol=1e-5)
+    maps = sdpa.attention_weights(x)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 16, 16)
+    for w in maps:
+        assert torch.allclose(w.sum(-1), torch.ones(2, 4, 16), atol=1e-5)
+        assert torch.all(w.triu(diagonal=1) == 0)
+
+
+def test_initial_loss_is_log_vocab():
+    m = tiny(vocab_size=65)
+    torch.manual_seed(1)
+    x, y = torch.randint(0, 65, (8, 16)), torch.randint(0, 65, (8, 16))
+    assert m(x, y)[1].item() == pytest.approx(math.log(65), abs=0.1)
+
+
+def test_nano_overfits_short_text():
+    text = "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak."
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text])
+    m = tiny(vocab_size=len(chars), block_size=32).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    x = torch.stack([ids[i : i + 32] for i in range(0, len(ids) - 33, 4)])
+    y = torch.stack([ids[i + 1 : i + 33] for i in range(0, len(ids) - 33, 4)])
+    first = m(x, y)[1].item()
+    for _ in range(150):
+        loss = m(x, y)[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.0 and loss.item() < 0.1 * first
+
+
+def test_gpt2_parameter_names_tying_and_count():
+    m = tiny()
+    names = set(m.state_dict())
+    for expected in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+                     "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias",
+                     "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight",
+                     "transformer.ln_f.weight", "lm_head.weight"]:
+        assert expected in names
+    assert m.lm_head.weight is m.transformer.wte.weight
+    # GPT-2 small: 124M parameters counted with its 50,257-token vocabulary and tied head
+    gpt2 = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0))
+    assert gpt2.num_params(non_embedding=False) == 124_439_808
+    gpt1 = tiny(norm="post")
+    assert "transformer.ln_f.weight" not in gpt1.state_dict()
+
+
+def test_init_scales_residual_projections():
+    m = GPT(GPTConfig(vocab_size=100, block_size=8, n_layer=8, n_head=4, n_embd=256))
+    assert m.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert m.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
+
+
+def test_param_groups_skip_biases_and_norms():
+    m = tiny()
+    decay, no_decay = param_groups(m)
+    assert all(p.dim() == 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in no_decay["params"]}
+    assert id(m.transformer.h[0].ln_1.weight) in ids and id(m.transformer.h[0].attn.c_attn.bias) in ids
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == m.num_params(non_embedding=False)
+
+
+def test_invalid_shapes_fail_clearly():
+    with pytest.raises(ConfigError, match="n_embd=100 is not divisible by model.n_head=3"):
+        GPTConfig(n_embd=100, n_head=3)
+    with pytest.raises(ConfigError, match="activation"):
+        GPTConfig(activation="swish")
+    with pytest.raises(ValueError, match="longer than model.block_size=16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_kv_cache_greedy_equals_no_cache():
+    m = tiny(vocab_size=50, block_size=64)
+    prompt = torch.randint(0, 50, (2, 5))
+    with_cache = generate(m, prompt, 40, temperature=0, use_cache=True)
+    without = generate(m, prompt, 40, temperature=0, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_generation_slides_past_block_size():
+    m = tiny(block_size=16)
+    out = generate(m, torch.randint(0, 50, (1, 40)), 50, temperature=1.0, top_k=10, use_cache=True)
+    assert out.shape == (1, 90)  # a prompt longer than the block, and generation far past it
+
+
+def test_top_k_and_top_p_keep_the_right_sets():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = lambda f: (f[0] > float("-inf")).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(filter_logits(logits, top_k=2)) == [0, 1]
+    assert kept(filter_logits(logits, top_p=0.5)) == [0]  # 0.5 reaches 0.5
+    assert kept(filter_logits(logits, top_p=0.6)) == [0, 1]
+    assert kept(filter_logits(logits, top_p=0.85)) == [0, 1, 2]
+    assert kept(filter_logits(logits, top_p=1.0)) == [0, 1, 2, 3, 4]
+    assert kept(filter_logits(logits, top_k=4, top_p=0.9)) == [0, 1, 2, 3]
+    shuffled = logits[:, [3, 0, 4, 2, 1]]  # order in the vocabulary must not matter
+    assert kept(filter_logits(shuffled, top_p=0.6)) == [1, 4]
+    assert sample_next(logits, temperature=0).item() == 0
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert draws == {0, 1}

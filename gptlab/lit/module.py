@@ -62,6 +62,8 @@ class GPTLitModule(L.LightningModule):
         # loss is in nats per token; bits per character makes char and BPE runs comparable
         bpc = loss / math.log(2) * self.val_tokens_per_char
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpc": bpc}, prog_bar=True)
+        # x-axis: the number of optimizer steps the evaluated weights have had (Lightning's default is one less)
+        self.log("step", float(self.global_step))
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

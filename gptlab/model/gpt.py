@@ -278,6 +278,6 @@ def param_groups(model: nn.Module) -> list[dict]:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [
-        {"params": decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "name": "decay"},  # names label the groups in logs (lr/decay)
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]

@@ -1,0 +1,152 @@
+"""train(cfg) in-process through Hydra's compose API, and the real CLI in subprocesses."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gptlab import checkpoint
+from gptlab.errors import GptlabError
+from gptlab.model import ConfigError
+from gptlab.train import train
+
+from conftest import REPO
+
+
+def test_train_writes_checkpoints_logs_and_returns_val_loss(cfg_factory, tmp_path, capsys):
+    metrics = train(cfg_factory("trainer.max_steps=25"))  # 25: not a multiple of val_check_interval
+    out = tmp_path / "run"
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "checkpoints" / "best.ckpt").is_file()
+    assert math.isfinite(metrics["val/loss"]) and metrics["val/loss"] < math.log(65)
+    assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-5)  # char: 1 token/char
+    assert metrics["val/ppl"] == pytest.approx(math.exp(metrics["val/loss"]), rel=1e-5)
+
+    (event_file,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    ea = EventAccumulator(str(event_file), size_guidance={"tensors": 0})
+    ea.Reload()
+    scalars = set(ea.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/ppl", "val/bpc", "lr/decay", "perf/tokens_per_s"} <= scalars
+    val_steps = [e.step for e in ea.Scalars("val/loss")]
+    assert val_steps[-1] == 25 and ea.Scalars("val/loss")[-1].value == pytest.approx(metrics["val/loss"])
+    assert "samples/text_summary" in ea.Tags()["tensors"]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hp = ea.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} >= {"val/loss", "val/bpc"}
+    assert {h.name for h in experiment.hparam_infos} >= {"model.n_layer", "optim.lr", "data.batch_size", "seed"}
+
+    printed = capsys.readouterr().out
+    assert "parameters" in printed and "best checkpoint:" in printed and "tensorboard --logdir" in printed
+
+    # the checkpoint alone rebuilds the model and its tokenizer
+    loaded = checkpoint.load(out)
+    assert loaded.path.name == "best.ckpt" and loaded.tokenizer.vocab_size == 65 and loaded.step == 25
+    x = torch.tensor([loaded.tokenizer.encode("ROMEO:")])
+    assert loaded.model(x)[0].shape == (1, 6, 65)
+
+
+def test_resumed_run_continues_where_it_stopped(cfg_factory, tmp_path):
+    common = ("trainer.val_check_interval=5", "scheduler.total_steps=20", "optim.lr=3e-3")
+    straight = train(cfg_factory(*common, "trainer.max_steps=20", out="straight"))
+    train(cfg_factory(*common, "trainer.max_steps=10", out="first"))
+    resumed = train(cfg_factory(*common, "trainer.max_steps=20", f"ckpt_path={tmp_path / 'first'}", out="second"))
+    assert resumed["val/loss"] == pytest.approx(straight["val/loss"], abs=1e-5)
+    a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "second/checkpoints/last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 20
+    assert a["lr_schedulers"][0]["_last_lr"] == pytest.approx(b["lr_schedulers"][0]["_last_lr"])
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(v, b["state_dict"][k], atol=1e-5), k
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (["model.n_embd=30", "model.n_head=4"], ConfigError, "not divisible by model.n_head=4"),
+        (["ckpt_path=/nonexistent/last.ckpt"], GptlabError, "does not exist"),
+        (["+model.n_layers=3"], GptlabError, "unknown config key model.n_layers"),
+        (["data=text", "data.path=/nonexistent.txt"], GptlabError, "does not exist"),
+        (["model.vocab_size=10"], GptlabError, "smaller than the tokenizer's 65"),
+    ],
+)
+def test_bad_input_in_process(cfg_factory, overrides, error, message):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises((error, InstantiationException), match=message):
+        train(cfg_factory(*overrides))
+
+
+def test_existing_run_dir_is_not_overwritten(cfg_factory, tmp_path):
+    train(cfg_factory("trainer.max_steps=2", "trainer.val_check_interval=2"))
+    before = (tmp_path / "run/checkpoints/last.ckpt").read_bytes()
+    with pytest.raises(GptlabError, match="already holds a run"):
+        train(cfg_factory("trainer.max_steps=2"))
+    assert (tmp_path / "run/checkpoints/last.ckpt").read_bytes() == before
+
+
+def cli(tmp_path: Path, *args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPTLAB_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "gptlab.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+FAST = ["model=nano", "trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+        "data.batch_size=4", "sample_tokens=30", "callbacks.text_samples.max_new_tokens=10"]
+
+
+def test_cli_single_run_and_multirun(tmp_path, cache_dir):
+    r = cli(tmp_path, *FAST, cache=cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = (tmp_path / "outputs").glob("*/*")
+    assert (run / "checkpoints/last.ckpt").is_file() and list((run / "tensorboard").glob("events.*"))
+    assert "step 6: val/loss" in r.stdout and f"run dir:         {run}" in r.stdout
+
+    r = cli(tmp_path, "-m", *FAST, "optim.lr=1e-3,3e-4", cache=cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs/multirun").glob("*/*")
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints/last.ckpt").is_file()
+        assert list((sweep / job / "tensorboard").glob("events.*"))
+
+
+BAD = [
+    (["model.n_layr=2"], "unknown config key model.n_layr"),
+    (["model=smal"], "Could not find 'model/smal'"),
+    (["model.n_embd=30", "model.n_head=4"], "not divisible"),
+    (["data=text", "data.path=missing.txt"], "data file missing.txt does not exist"),
+    (["data=text", "data.path=empty.txt"], "empty.txt is empty"),
+    (["data=text", "data.path=latin1.txt"], "is not UTF-8 text"),
+    (["data=text", "data.path=short.txt"], r"fewer than model\.block_size\+1=33"),
+    (["ckpt_path=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
+    (["paths.data_dir=offline", "data.url=http://127.0.0.1:9/input.txt"], "downloading it from .* failed"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[a[0] for a, _ in BAD])
+def test_cli_bad_input_is_one_clear_line(tmp_path, cache_dir, args, message):
+    import re
+
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("Ça va très bien".encode("latin-1") * 50)
+    (tmp_path / "short.txt").write_text("a short text")
+    env_over = {}
+    if "paths.data_dir=offline" in args:
+        env_over["GPTLAB_DATA_DIR"] = ""
+    old = {k: os.environ.get(k) for k in env_over}
+    os.environ.update(env_over)
+    try:
+        r = cli(tmp_path, "model=nano", *args, cache=cache_dir)
+    finally:
+        for k, v in old.items():
+            os.environ[k] = v  # type: ignore[assignment]
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), r.stderr
+    assert not list((tmp_path / "outputs").glob("*/*/checkpoints"))

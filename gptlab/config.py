@@ -23,6 +23,15 @@ class CharTokenizerConfig:
 
 
 @dataclass
+class BPETokenizerConfig:
+    kind: str = "bpe"
+    vocab_size: int = 4096  # 256 bytes + merges + special tokens; up to 65,536
+    special_tokens: List[str] = field(default_factory=lambda: ["<|endoftext|>"])
+    min_frequency: int = 2  # stop merging pairs seen fewer times than this
+    show_progress: bool = True
+
+
+@dataclass
 class DataConfig:
     """Maps onto gptlab.data.TextDataModule."""
 
@@ -116,15 +125,54 @@ class TrainConfig:
     sample_tokens: int = 500  # length of the text sample printed at the end of training
 
 
+@dataclass
+class GenerateConfig:
+    """python -m gptlab.generate: sample text from a checkpoint."""
+
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    prompt: str = "\n"
+    prompt_file: Optional[str] = None  # read the prompt from this file instead
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0: greedy
+    top_k: Optional[int] = 200
+    top_p: Optional[float] = None  # nucleus sampling, in (0, 1]
+    num_samples: int = 1  # sampled together as one batch
+    seed: int = 1337
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
+    dtype: Optional[str] = None  # None: the checkpoint's (float32); or bfloat16, float16
+    use_cache: bool = True  # KV cache: read the prompt once, then one token per step
+
+
+@dataclass
+class EvalDataConfig:
+    path: Optional[str] = None  # None: the checkpoint's own validation split
+    batch_size: int = 32
+    max_batches: Optional[int] = None  # None: every window of the text
+
+
+@dataclass
+class EvalConfig:
+    """python -m gptlab.eval: loss, perplexity and bits per character of a checkpoint."""
+
+    ckpt_path: str = MISSING
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    device: str = "auto"
+    cache_dir: str = "${oc.env:GPTLAB_CACHE_DIR,data/cache}"
+    data_dir: Optional[str] = "${oc.env:GPTLAB_DATA_DIR,data}"
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    cs.store(name="generate_schema", node=GenerateConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="tokenizer", name="char_schema", node=CharTokenizerConfig)
+    cs.store(group="tokenizer", name="bpe_schema", node=BPETokenizerConfig)
     cs.store(group="optim", name="adamw_schema", node=AdamWConfig)
 
 
 # the schema of each node, for the check below; optim and tokenizer pick theirs by what they build
-TOKENIZER_SCHEMAS: dict[str, type] = {"char": CharTokenizerConfig}
+TOKENIZER_SCHEMAS: dict[str, type] = {"char": CharTokenizerConfig, "bpe": BPETokenizerConfig}
 OPTIM_SCHEMAS: dict[str, type] = {"torch.optim.AdamW": AdamWConfig}
 NODE_SCHEMAS: dict[str, type] = {
     "model": GPTConfig, "data": DataConfig, "trainer": TrainerConfig, "scheduler": SchedulerConfig, "paths": PathsConfig

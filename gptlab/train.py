@@ -72,6 +72,15 @@ def build_model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
     return model_cfg
 
 
+def data_source(cfg: DictConfig) -> dict:
+    """What a checkpoint records of its data, enough to rebuild the same validation split later."""
+    keys = ("source", "path", "url", "sha256", "val_fraction")
+    d = {k: cfg.data[k] for k in keys}
+    if d["path"]:
+        d["path"] = str(Path(d["path"]).expanduser().resolve())
+    return {**d, "tokenizer": OmegaConf.to_container(cfg.tokenizer)}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...)."""
     check_keys(cfg)
@@ -82,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if (out_dir / "checkpoints" / "last.ckpt").exists():
         raise GptlabError(f"{out_dir} already holds a run's checkpoints: use a new run dir (or resume with ckpt_path=)")
 
-    datamodule: TextDataModule = instantiate(cfg.data, tokenizer=OmegaConf.to_container(cfg.tokenizer))
+    datamodule: TextDataModule = instantiate(cfg.data, tokenizer=OmegaConf.to_container(cfg.tokenizer), _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")
     tokenizer = datamodule.tokenizer
@@ -93,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         optimizer=instantiate(cfg.optim, _convert_="all"),
         scheduler=OmegaConf.to_container(cfg.scheduler),
         val_tokens_per_char=datamodule.files.val_tokens_per_char,  # type: ignore[union-attr]
+        data=data_source(cfg),
     )
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks.append(HparamsSummary(flat_hparams(cfg)))

@@ -107,7 +107,8 @@ def main() -> None:
     print(f"encode MB/s hf encode of the whole text: {mb / t_whole:.2f}")
     # the two number their tokens differently; compare the tokens themselves, in GPT-2's spelling
     same = [token_to_str(gpt.token_bytes(i)) for i in ids.tolist()] == hf_ids.tokens
-    print(f"tokens of the file at vocab {args.vocab}: gptlab {ids.size:,}, hf {len(hf_ids.ids):,} (same tokens: {same})")
+    n_hf = len(hf_ids.ids)
+    print(f"tokens of the file at vocab {args.vocab}: gptlab {ids.size:,}, hf {n_hf:,} (same tokens: {same})")
 
     # compression
     for vocab in (512, 1024, 4096):

@@ -11,7 +11,20 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("GPTLAB_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+
+
+def _data_dir() -> Path:
+    """$GPTLAB_DATA_DIR, else ./data of this checkout (where the README's first run downloads to),
+    else the shared copy beside the checkout (CI)."""
+    if os.environ.get("GPTLAB_DATA_DIR"):
+        return Path(os.environ["GPTLAB_DATA_DIR"]).resolve()
+    for d in (REPO / "data", REPO.parent / "shared" / "data"):
+        if (d / "tinyshakespeare" / "input.txt").is_file():
+            return d.resolve()
+    return (REPO / "data").resolve()
+
+
+DATA_DIR = _data_dir()
 SHAKESPEARE = DATA_DIR / "tinyshakespeare" / "input.txt"
 
 # every process started by the tests (the CLI ones too) finds the data here and downloads nothing

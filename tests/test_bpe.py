@@ -109,7 +109,7 @@ def test_pretokenize_follows_gpt2_rules():
     assert pretokenize("abc123 456x") == ["abc", "123", " 456", "x"]
     assert pretokenize("x  \n\n  y") == ["x", "  \n\n ", " y"]
     assert pretokenize("a\x1c\x1c b") == ["a", "\x1c\x1c", " b"]  # information separators are not spaces
-    assert pretokenize("𝐀𝐁 x²y") == ["𝐀𝐁", " x", "²", "y"]  # non-BMP letters; ² is a number, not a letter
+    assert pretokenize("𝐀𝐁 x²y") == ["𝐀𝐁", " x", "²", "y"]  # non-BMP letters; ² is a number
 
 
 @given(st.text())
@@ -198,6 +198,8 @@ def test_bad_dicts_are_refused(small_tok):
         ByteLevelBPE.from_dict({**d, "vocab": {k: v for k, v in d["vocab"].items() if v != 65}})
     with pytest.raises(TokenizerError):
         ByteLevelBPE.from_dict({**d, "version": 99})
+    with pytest.raises(TokenizerError, match="repeats"):
+        ByteLevelBPE.from_dict({**d, "merges": d["merges"] + d["merges"][:1]})
 
 
 # --- special tokens ---------------------------------------------------------------------------------------
@@ -216,6 +218,8 @@ def test_special_tokens_only_where_allowed(small_tok):
     assert only_eot.count(eot) == 2 and pad not in only_eot
     assert small_tok.decode(only_eot) == text
     assert small_tok.encode(EOT, allowed_special=[EOT]) == [eot]
+    assert small_tok.encode(text, allowed_special=EOT) == only_eot  # one name alone is fine too
+    assert small_tok.encode(text, allowed_special=None) == plain
     assert small_tok.decode([eot]) == EOT
     with pytest.raises(TokenizerError, match="not special tokens"):
         small_tok.encode(text, allowed_special={"<|nope|>"})

@@ -19,8 +19,9 @@ CHECKPOINT_FORMAT = 1
 class GPTLitModule(L.LightningModule):
     """Wraps a GPT for training.
 
-    Its hyperparameters (saved in every checkpoint) are plain values: the model config and the tokenizer,
-    so a checkpoint alone rebuilds both (`gptlab.checkpoint.load`). The optimizer arrives as a factory
+    Its hyperparameters (saved in every checkpoint) are plain values: the model config, the tokenizer and
+    where the data came from, so a checkpoint alone rebuilds the model and tokenizer
+    (`gptlab.checkpoint.load`) and finds its validation split again (`gptlab.eval`). The optimizer arrives as a factory
     (Hydra's `_partial_: true`), taking the parameter groups.
     """
 
@@ -31,6 +32,7 @@ class GPTLitModule(L.LightningModule):
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
         scheduler: Optional[dict] = None,
         val_tokens_per_char: float = 1.0,
+        data: Optional[dict] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"], logger=False)

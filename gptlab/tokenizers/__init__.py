@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from gptlab.tokenizers.base import StreamDecoder, Tokenizer, TokenizerError
+from gptlab.tokenizers.bpe import ByteLevelBPE
 from gptlab.tokenizers.char import CharTokenizer
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {CharTokenizer.kind: CharTokenizer}
+TOKENIZERS: dict[str, type[Tokenizer]] = {CharTokenizer.kind: CharTokenizer, ByteLevelBPE.kind: ByteLevelBPE}
 
 
 def _lookup(kind: str) -> type[Tokenizer]:
@@ -28,4 +29,4 @@ def tokenizer_from_dict(d: dict) -> Tokenizer:
     return _lookup(d.get("kind", "?")).from_dict(d)
 
 
-__all__ = ["Tokenizer", "TokenizerError", "StreamDecoder", "CharTokenizer", "train_tokenizer", "tokenizer_from_dict"]
+__all__ = ["Tokenizer", "TokenizerError", "StreamDecoder", "CharTokenizer", "ByteLevelBPE", "train_tokenizer", "tokenizer_from_dict"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar, Optional, Sequence
 
+import numpy as np
+
 
 class TokenizerError(ValueError):
     """Text a tokenizer cannot encode, or a saved tokenizer it cannot read."""
@@ -30,6 +32,11 @@ class Tokenizer(ABC):
     @classmethod
     @abstractmethod
     def from_dict(cls, d: dict) -> "Tokenizer": ...
+
+    def encode_corpus(self, text: str) -> np.ndarray:
+        """Encode a whole training corpus. The corpus is the user's own, so special tokens written in it
+        (e.g. `<|endoftext|>` between documents) count as special; tokenizers override this to go fast."""
+        return np.asarray(self.encode(text), dtype=np.int64)
 
     @property
     def eot_id(self) -> Optional[int]:

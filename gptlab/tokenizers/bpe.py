@@ -71,9 +71,11 @@ _WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _ASTRAL_STAND_IN = {"L": "x", "N": "0"}  # anything else (symbols, emoji, private use) stands in as "#"
 
-# Where a long text may be cut into pieces that pre-tokenize exactly as the whole: just before a
-# whitespace character that follows a non-whitespace one. No chunk holds a non-space followed by a space
-# (only a single leading space is allowed), so a chunk always ends there.
+# Where a long text may be cut into pieces that pre-tokenize exactly as the whole: just before a newline
+# or space that follows a non-whitespace character. No chunk holds a non-whitespace character followed by
+# a whitespace one (the only whitespace a word, number or symbol chunk may hold is one leading space), so a
+# chunk always ends there, and the split has no look-behind. (Python's \S excludes \x1c-\x1f too, which
+# only makes the rule stricter.)
 _SAFE_CUT = re.compile(r"(?<=\S)[\n ]")
 PIECE_CHARS = 1 << 20  # how much text is pre-tokenized at once when counting or encoding big texts
 
@@ -81,7 +83,7 @@ _NO_MERGE = 1 << 62  # the "rank" of a pair that has no merge
 _LONG_CHUNK = 256  # chunks longer than this (in bytes) are merged with a heap, not by rescanning
 _CACHE_LIMIT = 200_000  # chunks remembered by an encoder before it forgets them all and starts again
 
-AllowedSpecial = Union[Literal["all"], Collection[str]]
+AllowedSpecial = Union[Literal["all"], str, Collection[str], None]
 
 
 # --- the byte <-> character table of GPT-2's vocab.json and merges.txt -------------------------------
@@ -154,8 +156,8 @@ def _split_regex() -> re.Pattern:
         rf"| ?[{letters}]+"  # a word, maybe led by one space
         rf"| ?[{numbers}]+"  # a number
         rf"| ?[^{ws}{letters}{numbers}]+"  # punctuation, symbols, marks, controls
-        rf"|[{ws}]+(?![^{ws}])"  # whitespace not followed by a word: all of it...
-        rf"|[{ws}]+"  # ...else all but the last space, which leads the next chunk
+        rf"|[{ws}]+(?![^{ws}])"  # whitespace, but for its last character if a non-space follows...
+        rf"|[{ws}]+"  # ...which is a chunk of its own, unless it is a space that leads the next chunk
     )
 
 
@@ -302,7 +304,7 @@ class ByteLevelBPE(Tokenizer):
             if joined not in ids_of:
                 raise TokenizerError(f"merge {len(self.merges)} makes {joined!r}, which is not in the vocabulary")
             if (a, b) in self._ranks:
-                continue  # a repeated merge can never apply again; keep the first rank, as GPT-2 does
+                raise TokenizerError(f"merge {len(self.merges)} repeats merge {self._ranks[(a, b)]}: {(a, b)}")
             self._ranks[(a, b)] = len(self.merges)
             self.merges.append((a, b))
             self._merged.append(ids_of[joined])
@@ -324,7 +326,7 @@ class ByteLevelBPE(Tokenizer):
         """Token ids of text.
 
         allowed_special says which special tokens are recognised where they appear in the text: "all",
-        or a collection of their strings. The default, none, encodes "<|endoftext|>" in a text like any
+        a collection of their strings, or one such string. The default, none, encodes "<|endoftext|>" in a text like any
         other characters (several ordinary tokens), so a document that happens to contain it cannot forge
         the token; pass allowed_special="all" where the markers are meant, e.g. documents joined by
         "<|endoftext|>". Naming a string that is not a special token of this vocabulary is an error.
@@ -344,6 +346,9 @@ class ByteLevelBPE(Tokenizer):
         """`encode` for whole corpora, as a numpy array (uint16 when every id fits, else int64)."""
         dtype = np.uint16 if self.vocab_size <= MAX_VOCAB_SIZE else np.int64
         return np.array(self.encode(text, allowed_special), dtype=dtype)
+
+    def encode_corpus(self, text: str) -> np.ndarray:
+        return self.encode_array(text, allowed_special="all")
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ids; bytes that do not form UTF-8 (a token cut off mid-character) show as U+FFFD."""
@@ -378,7 +383,9 @@ class ByteLevelBPE(Tokenizer):
 
     def _special_split(self, allowed_special: AllowedSpecial) -> Optional[re.Pattern]:
         """A regex whose split keeps the allowed special tokens, or None if none is allowed."""
-        allowed = frozenset(self.special_tokens if allowed_special == "all" else allowed_special)
+        if isinstance(allowed_special, str):
+            allowed_special = self.special_tokens if allowed_special == "all" else [allowed_special]
+        allowed = frozenset(allowed_special or ())
         if not allowed:
             return None
         unknown = allowed - self.special_tokens.keys()
@@ -429,11 +436,14 @@ class ByteLevelBPE(Tokenizer):
         cls,
         text: str,
         vocab_size: int = 4096,
-        special_tokens: Sequence[str] = (EOT,),
+        special_tokens: Optional[Sequence[str]] = (EOT,),
         min_frequency: int = 2,
         show_progress: bool = True,
     ) -> "ByteLevelBPE":
         """Learn merges on text until there are vocab_size tokens in all (256 bytes + merges + specials).
+
+        Ids: the bytes 0..255 in byte order, then the merges in the order learnt, then special_tokens in
+        the order given (so "<|endoftext|>" alone is the last id). vocab_size is at most 65,536.
 
         min_frequency: stop early when the most frequent pair occurs fewer times than this (so the
         vocabulary may come out smaller than asked). Ties between pairs of equal count go to the smallest
@@ -441,7 +451,7 @@ class ByteLevelBPE(Tokenizer):
         the text are taken out before counting: they separate documents and are never part of a merge.
         show_progress: a progress bar on a terminal (never when stderr is not one).
         """
-        special_tokens = list(special_tokens)
+        special_tokens = list(special_tokens or ())
         if len(set(special_tokens)) != len(special_tokens):
             raise TokenizerError(f"special tokens repeat: {special_tokens}")
         smallest = 256 + len(special_tokens)
@@ -480,7 +490,9 @@ class ByteLevelBPE(Tokenizer):
     @classmethod
     def from_dict(cls, d: dict) -> "ByteLevelBPE":
         if d.get("version", 1) != 1 or d.get("pre_tokenizer", "gpt2") != "gpt2":
-            raise TokenizerError(f"unknown bpe format: version {d.get('version')}, pre_tokenizer {d.get('pre_tokenizer')}")
+            raise TokenizerError(
+                f"unknown bpe format: version {d.get('version')}, pre_tokenizer {d.get('pre_tokenizer')}"
+            )
         return cls._from_strings(d["vocab"], d["merges"], d.get("special_tokens", {}))
 
     @classmethod
@@ -530,7 +542,8 @@ class ByteLevelBPE(Tokenizer):
         return cls._from_strings(vocab, merges, specials)
 
     def __repr__(self) -> str:
-        return f"ByteLevelBPE(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={list(self.special_tokens)})"
+        specials = list(self.special_tokens)
+        return f"ByteLevelBPE(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={specials})"
 
 
 # --- training internals ---------------------------------------------------------------------------------
@@ -615,24 +628,31 @@ def _apply_merge(pair, new, words, freqs, counts, where) -> set:
         word, f = words[w], freqs[w]
         out: list[int] = []
         i, last = 0, len(word) - 1
-        while i <= last:
-            if i < last and word[i] == a and word[i + 1] == b:
-                if out:
-                    x = out[-1]
-                    counts[(x, a)] -= f
-                    counts[(x, new)] += f
-                    where[(x, new)].add(w)
-                    born.add((x, new))
-                if i + 2 <= last:
-                    y = word[i + 2]
-                    counts[(b, y)] -= f
-                    counts[(new, y)] += f
-                    where[(new, y)].add(w)
-                    born.add((new, y))
-                out.append(new)
-                i += 2
-            else:
-                out.append(word[i])
-                i += 1
+        left = word.count(a)  # occurrences of a still ahead; list.count and list.index scan at C speed
+        while left:
+            j = word.index(a, i)
+            left -= 1
+            if j == last or word[j + 1] != b:
+                out += word[i : j + 1]
+                i = j + 1
+                continue
+            if a == b:
+                left -= 1  # the b consumed is an a too
+            out += word[i:j]
+            if out:
+                x = out[-1]
+                counts[(x, a)] -= f
+                counts[(x, new)] += f
+                where[(x, new)].add(w)
+                born.add((x, new))
+            if j + 2 <= last:
+                y = word[j + 2]
+                counts[(b, y)] -= f
+                counts[(new, y)] += f
+                where[(new, y)].add(w)
+                born.add((new, y))
+            out.append(new)
+            i = j + 2
+        out += word[i:]
         words[w] = out
     return born

@@ -29,6 +29,9 @@ class CharTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
 
+    def encode_corpus(self, text: str) -> np.ndarray:
+        return self.encode_array(text)
+
     def encode_array(self, text: str) -> np.ndarray:
         """Vectorised encode for whole corpora: map code points through a lookup table."""
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

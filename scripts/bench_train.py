@@ -1,0 +1,149 @@
+"""Training throughput: gptlab's Lightning path against a plain PyTorch loop, same model, batches, optimizer.
+
+Both run in this process, alternating, on the same windows of Tiny Shakespeare; each figure is the
+median of several repeats after warm-up steps. MFU is measured against this machine's own matmul
+throughput (a large matmul in the same dtype), so it needs no spec sheet.
+
+    python scripts/bench_train.py                      # model=small, 32-true and bf16-mixed
+    python scripts/bench_train.py --model nano --steps 20
+
+Last line: `lightning/plain tokens/s ratio: X.XX` (32-true; the bf16-mixed ratio is printed above it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from gptlab.data import RandomWindows, TokenFiles, prepare_tokens, read_text
+from gptlab.data.sources import SHAKESPEARE_FILE, SHAKESPEARE_SHA256, SHAKESPEARE_URL, find_or_download
+from gptlab.lit import GPTLitModule
+from gptlab.lit.schedule import WarmupCosine
+from gptlab.model import GPT, GPTConfig, param_groups
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of an n x n matmul in `dtype`: the practical peak MFU is measured against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def loader(tokens, block: int, batch: int, seed: int) -> DataLoader:
+    return DataLoader(RandomWindows(tokens, block, batch, seed), batch_size=None)
+
+
+def run_plain(cfg: GPTConfig, tokens, batch: int, steps: int, warmup: int, precision: str) -> float:
+    torch.manual_seed(0)
+    model = GPT(cfg).train()
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(10, warmup + steps, 0.1))
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed"
+                else contextlib.nullcontext())
+    it = iter(loader(tokens, cfg.block_size, batch, seed=0))
+    for step in range(warmup + steps):
+        if step == warmup:
+            t0 = time.perf_counter()
+        x, y = next(it)
+        with autocast:
+            _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return steps * batch * cfg.block_size / (time.perf_counter() - t0)
+
+
+class _Clock(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.t0, self.t1 = warmup, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.t0 = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.t1 = time.perf_counter()
+
+
+def run_lightning(cfg: GPTConfig, tokenizer: dict, tokens, batch: int, steps: int, warmup: int,
+                  precision: str) -> float:
+    torch.manual_seed(0)
+    module = GPTLitModule(
+        model=cfg.to_dict(), tokenizer=tokenizer,
+        optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1),
+        scheduler={"warmup_steps": 10, "min_lr_ratio": 0.1},
+    )
+    clock = _Clock(warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = L.Trainer(
+            accelerator="cpu", devices=1, precision=precision, max_steps=warmup + steps, max_epochs=-1,
+            gradient_clip_val=1.0, limit_val_batches=0, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], default_root_dir=tmp,
+            log_every_n_steps=10,
+        )
+        trainer.fit(module, train_dataloaders=loader(tokens, cfg.block_size, batch, seed=0))
+    return steps * batch * cfg.block_size / (clock.t1 - clock.t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="small", help="a conf/model/*.yaml name")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per run")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision", nargs="+", default=["bf16-mixed", "32-true"])
+    ap.add_argument("--cache-dir", default=os.environ.get("GPTLAB_CACHE_DIR", "data/cache"))
+    args = ap.parse_args()
+
+    import logging
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    path = find_or_download(SHAKESPEARE_FILE, SHAKESPEARE_URL, SHAKESPEARE_SHA256, "data")
+    files = TokenFiles.open(prepare_tokens(read_text(path), "shakespeare", {"kind": "char"}, 0.1, Path(args.cache_dir)))
+    model_yaml = yaml.safe_load((CONF / "model" / f"{args.model}.yaml").read_text())
+    cfg = GPTConfig(**{**model_yaml, "vocab_size": files.tokenizer.vocab_size})
+    flops_tok = GPT(cfg).flops_per_token()
+    print(f"model={args.model}: {GPT(cfg).num_params() / 1e6:.2f}M params, batch {args.batch_size}x{cfg.block_size}, "
+          f"{flops_tok / 1e6:.1f} MFLOP/token, torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    ratios = {}
+    for precision in args.precision:
+        peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+        plain, lit = [], []
+        for r in range(args.repeats):
+            order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
+            for which in order:
+                if which == "plain":
+                    plain.append(run_plain(cfg, files.train, args.batch_size, args.steps, args.warmup, precision))
+                else:
+                    lit.append(run_lightning(cfg, files.tokenizer.to_dict(), files.train, args.batch_size,
+                                             args.steps, args.warmup, precision))
+        p, li = statistics.median(plain), statistics.median(lit)
+        ratios[precision] = li / p
+        for name, v in (("plain", p), ("lightning", li)):
+            print(f"{precision:>10} {name:>9}: {v:9,.0f} tokens/s  MFU {v * flops_tok / peak:5.1%} "
+                  f"(of a measured {peak / 1e9:.0f} GFLOP/s matmul)")
+        print(f"{precision:>10} lightning/plain tokens/s ratio: {ratios[precision]:.2f}")
+    last = "32-true" if "32-true" in ratios else next(iter(ratios))
+    print(f"lightning/plain tokens/s ratio: {ratios[last]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

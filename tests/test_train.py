@@ -150,3 +150,14 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, cache_dir, args, message):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), r.stderr
     assert not list((tmp_path / "outputs").glob("*/*/checkpoints"))
+
+
+def test_bpe_run_reports_bits_per_character(cfg_factory, tmp_path):
+    metrics = train(cfg_factory("tokenizer=bpe", "tokenizer.vocab_size=320", "tokenizer.show_progress=false",
+                                "trainer.max_steps=10"))
+    loaded = checkpoint.load(tmp_path / "run")
+    assert loaded.tokenizer.kind == "bpe" and loaded.tokenizer.vocab_size == 320
+    # BPE tokens hold ~1.5 characters here: bits per character are fewer than bits per token
+    assert metrics["val/bpc"] < 0.8 * metrics["val/loss"] / math.log(2)
+    text = "ROMEO: But, soft! what light through yonder window breaks?"
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode(text)) == text

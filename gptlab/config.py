@@ -45,6 +45,7 @@ class DataConfig:
     val_fraction: float = 0.1  # the last 10% of the text is the validation split
     block_size: int = II("model.block_size")
     batch_size: int = 64
+    val_batch_size: Optional[int] = None  # None: batch_size; evaluation holds no gradients, so larger is fine
     num_workers: int = 0  # batches are cheap numpy gathers; workers only pay off on fast GPUs
     seed: int = II("seed")
 
@@ -75,7 +76,7 @@ class TrainerConfig:
     fast_dev_run: Any = False
     overfit_batches: Any = 0.0
     limit_train_batches: Any = None
-    profiler: Optional[str] = None
+    profiler: Any = None  # "simple", "advanced", or a profiler config with _target_
     default_root_dir: Optional[str] = II("paths.output_dir")
 
 

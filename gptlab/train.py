@@ -8,12 +8,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,6 +29,7 @@ from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, sample_text
 from gptlab.model import GPTConfig
+from gptlab.sweep import write_result
 
 register_configs()
 
@@ -60,8 +65,8 @@ def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def build_model_config(cfg: DictConfig, vocab_size: int) -> GPTConfig:
-    model_cfg = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+def with_vocab(model_cfg: GPTConfig, vocab_size: int) -> GPTConfig:
+    """model.vocab_size defaults to the tokenizer's; a larger one (e.g. padded to a multiple of 64) is kept."""
     if model_cfg.vocab_size is None:
         return dataclasses.replace(model_cfg, vocab_size=vocab_size)
     if model_cfg.vocab_size < vocab_size:
@@ -85,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...)."""
     check_keys(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # shape errors before any data work
+    model_cfg = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # shape errors before any data work
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = str(resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt",))) if cfg.ckpt_path else None
     if (out_dir / "checkpoints" / "last.ckpt").exists():
@@ -95,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     tokenizer = datamodule.tokenizer
-    model_cfg = build_model_config(cfg, tokenizer.vocab_size)
+    model_cfg = with_vocab(model_cfg, tokenizer.vocab_size)
     module = GPTLitModule(
         model=model_cfg.to_dict(),
         tokenizer=tokenizer.to_dict(),
@@ -117,6 +122,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics["steps"] = trainer.global_step
+    if module.best_step is not None:
+        metrics["best_step"] = module.best_step
     if trainer.is_global_zero:
         report(trainer, module, cfg, metrics)
     return metrics
@@ -133,14 +141,36 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
     print(f"\nstep {trainer.global_step}: val/loss {loss:.4f}  val/bpc {metrics.get('val/bpc', math.nan):.4f}")
     print(f"run dir:         {cfg.paths.output_dir}")
     print(f"best checkpoint: {best}")
-    if trainer.logger is not None:
-        print(f"tensorboard:     tensorboard --logdir {trainer.logger.log_dir}")
+    log_dir = getattr(trainer.logger, "log_dir", None)
+    if log_dir:
+        print(f"tensorboard:     tensorboard --logdir {log_dir}")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="train")
 @cli.reports_errors
 def _main(cfg: DictConfig) -> float:
-    return train(cfg).get("val/loss", math.nan)  # what a sweeper minimises
+    """Train; leave result.json in the run dir; return the final val loss (what a sweeper minimises).
+
+    In a multirun a failing job (bad settings, NaN, out of memory) is recorded as failed and the
+    sweep goes on with the next job; a single run fails loudly.
+    """
+    hc = HydraConfig.get()
+    out_dir = Path(cfg.paths.output_dir)
+    record = {"overrides": list(hc.overrides.task)}
+    start = time.perf_counter()
+    try:
+        metrics = train(cfg)
+    except Exception as ex:
+        if hc.mode != RunMode.MULTIRUN:
+            raise
+        message = cli.one_line(ex) if isinstance(ex, cli.USER_ERRORS) else f"{type(ex).__name__}: {ex}"
+        print(f"error: job {hc.job.num} failed: {message}", file=sys.stderr)
+        write_result(out_dir, status="failed", error=message, wall_s=time.perf_counter() - start, **record)
+        return math.nan
+    loss = metrics.get("val/loss", math.nan)
+    write_result(out_dir, status="ok" if math.isfinite(loss) else "nan", wall_s=time.perf_counter() - start,
+                 **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)
+    return loss
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """train(cfg) in-process through Hydra's compose API, and the real CLI in subprocesses."""
 
+import csv
 import math
 import os
 import subprocess
@@ -108,12 +109,18 @@ def test_cli_single_run_and_multirun(tmp_path, cache_dir):
     assert (run / "checkpoints/last.ckpt").is_file() and list((run / "tensorboard").glob("events.*"))
     assert "step 6: val/loss" in r.stdout and f"run dir:         {run}" in r.stdout
 
-    r = cli(tmp_path, "-m", *FAST, "optim.lr=1e-3,3e-4", cache=cache_dir)
+    # a sweep in which one job cannot run (32 is not divisible by 3): it is recorded, the others go on
+    r = cli(tmp_path, "-m", *FAST, "optim.lr=1e-3,3e-4", "model.n_head=2,3", cache=cache_dir)
     assert r.returncode == 0, r.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs/multirun").glob("*/*")
-    for job in ("0", "1"):
-        assert (sweep / job / "checkpoints/last.ckpt").is_file()
-        assert list((sweep / job / "tensorboard").glob("events.*"))
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert len(rows) == 4 and [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
+    assert float(rows[0]["val/loss"]) <= float(rows[1]["val/loss"])  # best first
+    assert "not divisible" in rows[2]["error"] and "sweep of 4 jobs (2 failed)" in r.stdout
+    for row in rows[:2]:
+        assert (sweep / row["job"] / "checkpoints/last.ckpt").is_file()
+        assert list((sweep / row["job"] / "tensorboard").glob("events.*"))
+        assert "model.n_head=2" in row["overrides"] and row["best_step"] in ("3", "6")
 
 
 BAD = [
@@ -161,3 +168,34 @@ def test_bpe_run_reports_bits_per_character(cfg_factory, tmp_path):
     assert metrics["val/bpc"] < 0.8 * metrics["val/loss"] / math.log(2)
     text = "ROMEO: But, soft! what light through yonder window breaks?"
     assert loaded.tokenizer.decode(loaded.tokenizer.encode(text)) == text
+
+
+def test_recipe_experiment_runs_a_few_steps(cfg_factory, tmp_path):
+    metrics = train(cfg_factory("experiment=shakespeare_cpu", "trainer.max_time=null", "trainer.max_steps=3",
+                                "trainer.limit_val_batches=2", "data.val_batch_size=16"))
+    assert math.isfinite(metrics["val/loss"])
+    assert checkpoint.load(tmp_path / "run").model.config.attention == "explicit"
+
+
+def test_time_budget_stops_with_a_validation_and_annealed_lr(cfg_factory, tmp_path):
+    train(cfg_factory("trainer.max_steps=-1", "trainer.max_time=00:00:00:04", "trainer.val_check_interval=100000",
+                      "scheduler.warmup_steps=5", "optim.lr=1e-3", "scheduler.min_lr_ratio=0.1"))
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    steps = ckpt["global_step"]
+    assert steps > 20  # stopped by time, not by a step count
+    lr = ckpt["lr_schedulers"][0]["_last_lr"][0]
+    assert lr < 0.35e-3  # the cosine was aimed at the end of the time budget: the lr is near its floor
+    (event_file,) = (tmp_path / "run/tensorboard").glob("events.*")
+    ea = EventAccumulator(str(event_file))
+    ea.Reload()
+    assert ea.Scalars("val/loss")[-1].step == steps  # the final step validated
+
+
+@pytest.mark.parametrize("debug", ["fast", "overfit", "profile"])
+def test_debug_modes_run(cfg_factory, tmp_path, debug):
+    extra = ["trainer.max_steps=40", "trainer.val_check_interval=20", "optim.lr=3e-3"] if debug == "overfit" else []
+    metrics = train(cfg_factory(f"debug={debug}", *extra))
+    if debug == "overfit":
+        assert metrics["train/loss"] < math.log(65) - 1.0  # one batch, learnt by heart
+    if debug == "profile":
+        assert "FIT Profiler Report" in (tmp_path / "run" / "fit-profile.txt").read_text()

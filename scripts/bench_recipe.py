@@ -1,0 +1,57 @@
+"""Run a training recipe several times with different seeds; report each run's wall time and val/loss.
+
+    python scripts/bench_recipe.py                                   # experiment=shakespeare_cpu, seeds 1 2 3
+    python scripts/bench_recipe.py --experiment shakespeare_nanogpt_cpu
+    python scripts/bench_recipe.py --seeds 1 -- trainer.max_time=00:00:01:00   # extra overrides after --
+
+Each run is the real CLI in a fresh process (`python -m gptlab.train experiment=... seed=S`), timed from
+start to exit, so the time includes Python start-up, loading the cached token files, every validation
+and the final sample. The token files are built once before the first timed run.
+Last line: `recipe val/loss median: X.XXX in Y s median`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run(experiment: str, seed: int, extra: list[str], out_dir: str) -> tuple[float, float]:
+    cmd = [sys.executable, "-m", "gptlab.train", f"experiment={experiment}", f"seed={seed}",
+           f"hydra.run.dir={out_dir}/seed{seed}", *extra]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    m = re.search(r"^step (\d+): val/loss ([0-9.]+)", proc.stdout, re.M)
+    if not m:
+        sys.exit(f"no final val/loss in the output of {' '.join(cmd)}")
+    print(f"seed {seed}: {int(m.group(1)):5d} steps  val/loss {float(m.group(2)):.4f}  wall {wall:6.1f} s", flush=True)
+    return float(m.group(2)), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--experiment", default="shakespeare_cpu")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("extra", nargs="*", help="more overrides, after --")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as out:
+        # build (or find) the token cache outside the timed runs: the target is for cached token files
+        subprocess.run([sys.executable, "-m", "gptlab.train", f"experiment={args.experiment}", "trainer.max_steps=1",
+                        "trainer.max_time=null", "sample_tokens=0", f"hydra.run.dir={out}/prepare", *args.extra],
+                       check=True, capture_output=True, env={**os.environ})
+        results = [run(args.experiment, s, args.extra, out) for s in args.seeds]
+    losses, walls = zip(*results)
+    print(f"recipe val/loss median: {statistics.median(losses):.3f} in {statistics.median(walls):.0f} s median")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,14 +26,19 @@ SHAPES = {  # name: (vocab, block, layers, heads, dim)
 }
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def timed(fns: dict, repeats: int, warmup: bool = True) -> dict:
+    """Median seconds of each function, run in turns (a, b, c, b, c, a, ...) so that drifts in this
+    machine's speed (memory bandwidth varies by tens of percent here) hit them alike."""
+    for fn in fns.values() if warmup else ():
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times: dict = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def hf_model(vocab: int, block: int, layers: int, heads: int, dim: int):
@@ -42,40 +47,39 @@ def hf_model(vocab: int, block: int, layers: int, heads: int, dim: int):
     except ImportError:
         return None
     cfg = GPT2Config(vocab_size=vocab, n_positions=block, n_embd=dim, n_layer=layers, n_head=heads,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=None)
     return GPT2LMHeadModel(cfg).eval()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
     args = ap.parse_args()
     torch.manual_seed(0)
-    n = args.new_tokens
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n} new tokens after a 16-token prompt, "
-          f"greedy, median of {args.repeats}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.new_tokens} new tokens after a "
+          f"16-token prompt (fewer where the context is shorter), greedy, median of {args.repeats}")
     hf_ratios = []
     for name in args.shapes:
         vocab, block, layers, heads, dim = SHAPES[name]
         model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embd=dim,
                               dropout=0.0)).eval()
         hf = hf_model(vocab, block, layers, heads, dim)
+        n = min(args.new_tokens, block - 16)  # transformers' GPT-2 cannot go past its context; keep both inside it
         for batch in (1, 8):
             prompt = torch.randint(0, vocab, (batch, 16))
-            rate = {}
+            fns = {"cache": lambda: generate(model, prompt, n, temperature=0)}
+            if hf is not None:
+                fns["hf"] = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                                use_cache=True, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
             with torch.inference_mode():
-                rate["cache"] = batch * n / timed(lambda: generate(model, prompt, n, temperature=0), args.repeats)
-                # without the cache every step re-reads the whole context: at the gpt2 shape and batch 8 that
-                # takes minutes, and batch 1 already shows the gap
+                rate = {k: batch * n / v for k, v in timed(fns, args.repeats).items()}
+                # without the cache every step re-reads the whole context: at the gpt2 shape that takes
+                # minutes per run, so it is timed once, at batch 1
                 if not (name == "gpt2" and batch > 1):
-                    rate["no cache"] = batch * n / timed(
-                        lambda: generate(model, prompt, n, temperature=0, use_cache=False), args.repeats)
-                if hf is not None:
-                    rate["hf"] = batch * n / timed(lambda: hf.generate(
-                        prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True,
-                        max_new_tokens=n, min_new_tokens=n, pad_token_id=0), args.repeats)
+                    no_cache = lambda: generate(model, prompt, n, temperature=0, use_cache=False)  # noqa: E731
+                    rate["no cache"] = batch * n / timed({"x": no_cache}, 1, warmup=False)["x"]
             line = "  ".join(f"{k} {v:8,.0f}" for k, v in rate.items())
             extra = ""
             if "no cache" in rate:
@@ -83,7 +87,7 @@ def main() -> None:
             if "hf" in rate:
                 hf_ratios.append(rate["cache"] / rate["hf"])
                 extra += f"  gptlab/hf {hf_ratios[-1]:.2f}x"
-            print(f"{name:>6} batch {batch}: new tokens/s  {line}{extra}")
+            print(f"{name:>6} batch {batch}, {n} new tokens: new tokens/s  {line}{extra}", flush=True)
     if hf_ratios:
         print(f"kv-cache tokens/s ratio gptlab/hf: {min(hf_ratios):.2f}")
     else:

@@ -67,9 +67,12 @@ def find_or_download(
 
 
 def fetch(url: str, target: Path, sha256: Optional[str]) -> None:
-    """Download with a progress bar into a temporary file; check its sha256; then move it into place."""
+    """Download with a progress bar into a temporary file; check its sha256; then move it into place.
+    A failed download leaves nothing behind, not even the folders it made."""
+    made = [p for p in reversed(target.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.download")
+    ok = False
     try:
         with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
@@ -80,8 +83,12 @@ def fetch(url: str, target: Path, sha256: Optional[str]) -> None:
         if sha256 is not None and (got := sha256_file(tmp)) != sha256:
             raise DataError(f"downloaded {url} but its sha256 is {got}, expected {sha256}; try again later")
         os.replace(tmp, target)
+        ok = True
     finally:
         tmp.unlink(missing_ok=True)
+        for folder in reversed(made) if not ok else ():
+            if not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def read_text(path: Path) -> str:

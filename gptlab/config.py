@@ -124,6 +124,7 @@ class TrainConfig:
     seed: int = 1337
     ckpt_path: Optional[str] = None  # resume from this checkpoint (file, or a run dir: its last.ckpt)
     sample_tokens: int = 500  # length of the text sample printed at the end of training
+    compile: bool = False  # torch.compile the model (pays off on GPUs; on a small CPU model it costs more than it saves)
 
 
 @dataclass

@@ -108,6 +108,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=OmegaConf.to_container(cfg.scheduler),
         val_tokens_per_char=datamodule.files.val_tokens_per_char,  # type: ignore[union-attr]
         data=data_source(cfg),
+        compile=cfg.compile,
     )
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks.append(HparamsSummary(flat_hparams(cfg)))

@@ -1,6 +1,7 @@
 """train(cfg) in-process through Hydra's compose API, and the real CLI in subprocesses."""
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -199,3 +200,22 @@ def test_debug_modes_run(cfg_factory, tmp_path, debug):
         assert metrics["train/loss"] < math.log(65) - 1.0  # one batch, learnt by heart
     if debug == "profile":
         assert "FIT Profiler Report" in (tmp_path / "run" / "fit-profile.txt").read_text()
+
+
+def test_cli_ddp_on_cpu_writes_one_run_dir(tmp_path, cache_dir):
+    """Two processes over gloo: Lightning re-launches the command for rank 1 with this run's hydra.run.dir."""
+    r = cli(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", cache=cache_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = (tmp_path / "outputs").glob("*/*")  # one run dir for both ranks
+    assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").glob("events.*"))) == 1
+    assert (run / "train_ddp_process_1.log").is_file()
+    assert r.stdout.count("step 6: val/loss") == 1  # reported once, by rank 0
+    assert json.loads((run / "result.json").read_text())["status"] == "ok"
+
+
+def test_compiled_run_leaves_plain_checkpoint_keys(cfg_factory, tmp_path):
+    train(cfg_factory("compile=true", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                      "trainer.limit_val_batches=1", "sample_tokens=0", "callbacks.text_samples.max_new_tokens=2"))
+    keys = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"].keys()
+    assert "model.transformer.wte.weight" in keys and not any("_orig_mod" in k for k in keys)
+    assert checkpoint.load(tmp_path / "run").model is not None

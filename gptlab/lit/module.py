@@ -35,6 +35,7 @@ class GPTLitModule(L.LightningModule):
         scheduler: Optional[dict] = None,
         val_tokens_per_char: float = 1.0,
         data: Optional[dict] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
@@ -45,22 +46,27 @@ class GPTLitModule(L.LightningModule):
         self.scheduler_cfg = dict(scheduler or {})
         self.val_tokens_per_char = val_tokens_per_char
         self.val_loss = MeanMetric()
+        # torch.compile's wrapper is kept in a list, not as an attribute, so it is not registered as a
+        # submodule: the state_dict keeps the plain `model.*` keys and a compiled run's checkpoint loads anywhere
+        self._compiled: list[Callable] = []
         self.best_val, self.best_step = math.inf, None  # lowest val/loss of this run, and its step
         self.schedule: Optional[WarmupCosine] = None
         self._by_time: Optional[tuple[float, int]] = None  # (clock, step) where step timing began
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        return self.model(idx, targets)
+        if self.hparams.get("compile") and not self._compiled:
+            self._compiled.append(torch.compile(self.model))
+        return (self._compiled[0] if self._compiled else self.model)(idx, targets)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self(x, y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self(x, y)
         self.val_loss.update(loss, weight=x.size(0))
 
     def on_validation_epoch_end(self) -> None:
@@ -70,9 +76,10 @@ class GPTLitModule(L.LightningModule):
         bpc = loss / math.log(2) * self.val_tokens_per_char
         if not self.trainer.sanity_checking and float(loss) < self.best_val:
             self.best_val, self.best_step = float(loss), self.global_step
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpc": bpc}, prog_bar=True)
+        # (already equal on every rank: sync_dist only tells Lightning so)
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpc": bpc}, prog_bar=True, sync_dist=True)
         # x-axis: the number of optimizer steps the evaluated weights have had (Lightning's default is one less)
-        self.log("step", float(self.global_step))
+        self.log("step", float(self.global_step), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

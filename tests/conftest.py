@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from gptlab.config import register_configs
+
+register_configs()  # the typed schemas the YAML files extend (the entry points do this on import)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,6 +31,15 @@ def test_every_experiment_composes(experiment, tmp_path):
     assert cfg.trainer.max_steps > 0
 
 
+@pytest.mark.parametrize("trainer", groups("trainer"))
+def test_every_trainer_config_composes(trainer, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(tmp_path, tmp_path, [f"trainer={trainer}"])
+    if trainer in ("default", "cpu"):
+        assert instantiate(cfg.trainer, logger=False).max_steps == 20
+
+
 def test_typed_schema_rejects_wrong_types(tmp_path):
     from hydra.errors import ConfigCompositionException
 

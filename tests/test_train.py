@@ -219,3 +219,22 @@ def test_compiled_run_leaves_plain_checkpoint_keys(cfg_factory, tmp_path):
     keys = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"].keys()
     assert "model.transformer.wte.weight" in keys and not any("_orig_mod" in k for k in keys)
     assert checkpoint.load(tmp_path / "run").model is not None
+
+
+def test_cluster_launcher_configs(tmp_path, cache_dir):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+
+    # submitit's local executor runs the jobs of a sweep as separate processes, as SLURM would
+    r = cli(tmp_path, "-m", "hydra/launcher=submitit_local", *FAST, "optim.lr=1e-3,2e-3", cache=cache_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs/multirun").glob("*/*")
+    rows = list(csv.DictReader(open(sweep / "summary.csv")))
+    assert [row["status"] for row in rows] == ["ok", "ok"]

@@ -19,8 +19,6 @@ T = TypeVar("T")
 USER_ERRORS = (GptlabError, ConfigError, TokenizerError, HydraException, OmegaConfBaseException)
 
 
-
-
 def one_line(ex: BaseException) -> str:
     """Hydra and OmegaConf spread a message over several lines (key, full_key, object_type); keep the gist."""
     if isinstance(ex, InstantiationException) and ex.__cause__ is not None:
@@ -50,8 +48,10 @@ def run(hydra_main: Callable[[], object]) -> None:
 
     Hydra catches exceptions itself and prints them over several lines unless HYDRA_FULL_ERROR is set;
     we set it so they reach us. If you set HYDRA_FULL_ERROR yourself, you get the full traceback.
+    Processes a gptlab command starts (DDP ranks) inherit its choice through GPTLAB_TRACEBACK.
     """
-    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    inherited = os.environ.get("GPTLAB_TRACEBACK")
+    wants_traceback = inherited == "1" if inherited is not None else os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["GPTLAB_TRACEBACK"] = "1" if wants_traceback else "0"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

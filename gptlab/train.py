@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -19,6 +20,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab import cli
@@ -29,7 +31,7 @@ from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, sample_text
 from gptlab.model import GPTConfig
-from gptlab.sweep import write_result
+from gptlab.sweep import SWEEP_JOB_ENV, relaunches_command, run_as_own_run, write_result
 
 register_configs()
 
@@ -153,24 +155,34 @@ def _main(cfg: DictConfig) -> float:
     """Train; leave result.json in the run dir; return the final val loss (what a sweeper minimises).
 
     In a multirun a failing job (bad settings, NaN, out of memory) is recorded as failed and the
-    sweep goes on with the next job; a single run fails loudly.
+    sweep goes on with the next job; a single run fails loudly. A multirun job on several local
+    devices runs as a run of its own in a child process (see gptlab/sweep.py).
     """
     hc = HydraConfig.get()
     out_dir = Path(cfg.paths.output_dir)
     record = {"overrides": list(hc.overrides.task)}
+    sweep_job = hc.mode == RunMode.MULTIRUN
+    own_run_of_job = os.environ.get(SWEEP_JOB_ENV)  # we are that child: record failures as the job's
     start = time.perf_counter()
     try:
+        if sweep_job and relaunches_command(cfg.trainer):
+            loss = run_as_own_run(hc, out_dir).get("val/loss")
+            return math.nan if loss is None else loss
         metrics = train(cfg)
     except Exception as ex:
-        if hc.mode != RunMode.MULTIRUN:
+        if not (sweep_job or own_run_of_job):
             raise
         message = cli.one_line(ex) if isinstance(ex, cli.USER_ERRORS) else f"{type(ex).__name__}: {ex}"
+        if rank_zero_only.rank == 0:
+            write_result(out_dir, status="failed", error=message, wall_s=time.perf_counter() - start, **record)
+        if own_run_of_job:
+            raise  # a non-zero exit, so the other ranks stop too
         print(f"error: job {hc.job.num} failed: {message}", file=sys.stderr)
-        write_result(out_dir, status="failed", error=message, wall_s=time.perf_counter() - start, **record)
         return math.nan
     loss = metrics.get("val/loss", math.nan)
-    write_result(out_dir, status="ok" if math.isfinite(loss) else "nan", wall_s=time.perf_counter() - start,
-                 **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)
+    if rank_zero_only.rank == 0:
+        write_result(out_dir, status="ok" if math.isfinite(loss) else "nan", wall_s=time.perf_counter() - start,
+                     **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)
     return loss
 
 

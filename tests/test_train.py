@@ -213,6 +213,25 @@ def test_cli_ddp_on_cpu_writes_one_run_dir(tmp_path, cache_dir):
     assert json.loads((run / "result.json").read_text())["status"] == "ok"
 
 
+def test_cli_ddp_jobs_in_a_multirun(tmp_path, cache_dir):
+    """Each DDP job of a sweep runs as a run of its own (Lightning re-runs that command, not the sweep's)."""
+    r = cli(tmp_path, "-m", *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "model.n_head=1,2,3", cache=cache_dir)  # 3 does not divide n_embd=32: a failed job
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["multirun"]  # no stray run dirs
+    (sweep,) = (tmp_path / "outputs/multirun").glob("*/*")
+    rows = {row["job"]: row for row in csv.DictReader(open(sweep / "summary.csv"))}
+    assert [rows[j]["status"] for j in "012"] == ["ok", "ok", "failed"]
+    assert "not divisible" in rows["2"]["error"] and "model.n_head=3" in rows["2"]["overrides"]
+    for job in "01":
+        run = sweep / job
+        assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").glob("events.*"))) == 1
+        assert (run / "train_ddp_process_1.log").is_file() and (run / ".hydra/config.yaml").is_file()
+        assert f"model.n_head={int(job) + 1}" in (run / ".hydra/overrides.yaml").read_text()
+        assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+    assert r.stdout.count("step 6: val/loss") == 2  # each job reported once, by its rank 0
+
+
 def test_compiled_run_leaves_plain_checkpoint_keys(cfg_factory, tmp_path):
     train(cfg_factory("compile=true", "trainer.max_steps=2", "trainer.val_check_interval=2",
                       "trainer.limit_val_batches=1", "sample_tokens=0", "callbacks.text_samples.max_new_tokens=2"))

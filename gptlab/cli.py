@@ -27,7 +27,10 @@ def one_line(ex: BaseException) -> str:
         if isinstance(cause, (GptlabError, ConfigError, TokenizerError)):
             return one_line(cause)
         node = str(ex).split("full_key:")[-1].strip() if "full_key:" in str(ex) else "config"
-        return f"{node}: {' '.join(str(cause).split())}"
+        text = f"{node}: {' '.join(str(cause).split())}"
+        if "No supported gpu backend" in text:
+            text += " This machine has no GPU: use trainer=cpu (or trainer.accelerator=cpu)."
+        return text
     cause = ex.__cause__
     if str(ex).startswith("Could not override") and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         key = str(ex).split("'")[1]

@@ -67,7 +67,8 @@ def run(cfg: DictConfig) -> list[str]:
             print(decoder.push(int(nxt[0, 0])), end="", flush=True)
 
     out = generate(model, idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                   generator=gen, use_cache=cfg.use_cache, stop_token=tok.eot_id, on_token=on_token)
+                   generator=gen, use_cache=cfg.use_cache, stop_token=tok.eot_id, on_token=on_token,
+                   vocab_size=tok.vocab_size)
     samples = []
     for row in out.tolist():
         new = row[len(ids):]

@@ -126,6 +126,15 @@ def test_generation_slides_past_block_size():
     assert out.shape == (1, 90)  # a prompt longer than the block, and generation far past it
 
 
+def test_padded_vocabulary_is_never_sampled():
+    m = tiny(vocab_size=64)  # e.g. 50,257 tokens padded to 50,304: ids 50..63 are padding
+    g = torch.Generator().manual_seed(0)
+    free = generate(m, torch.zeros(4, 1, dtype=torch.long), 60, temperature=2.0, generator=g)
+    assert free.max() >= 50  # an untrained model does pick padding ids ...
+    out = generate(m, torch.zeros(4, 1, dtype=torch.long), 60, temperature=2.0, generator=g, vocab_size=50)
+    assert out.max() < 50  # ... unless told where the tokenizer's vocabulary ends
+
+
 def test_top_k_and_top_p_keep_the_right_sets():
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     kept = lambda f: (f[0] > float("-inf")).nonzero().flatten().tolist()  # noqa: E731

@@ -134,6 +134,7 @@ BAD = [
     (["data=text", "data.path=short.txt"], r"fewer than model\.block_size\+1=33"),
     (["ckpt_path=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
     (["paths.data_dir=offline", "data.url=http://127.0.0.1:9/input.txt"], "downloading it from .* failed"),
+    (["trainer=fsdp", "trainer.accelerator=cpu"], "strategy `fsdp` requires a GPU accelerator"),
 ]
 
 

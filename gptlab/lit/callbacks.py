@@ -25,7 +25,8 @@ def sample_text(module: Any, prompt: str, max_new_tokens: int, temperature: floa
     ids = tok.encode(prompt) if prompt else [tok.eot_id if tok.eot_id is not None else 0]
     idx = torch.tensor([ids], dtype=torch.long, device=module.device)
     gen = torch.Generator(device=module.device).manual_seed(seed)
-    out = generate(module.model, idx, max_new_tokens, temperature=temperature, generator=gen)
+    out = generate(module.model, idx, max_new_tokens, temperature=temperature, generator=gen,
+                   vocab_size=tok.vocab_size)
     return tok.decode(out[0].tolist())
 
 

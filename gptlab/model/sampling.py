@@ -62,13 +62,16 @@ def generate(
     use_cache: bool = True,
     stop_token: Optional[int] = None,
     on_token: Optional[Callable[[torch.Tensor], None]] = None,
+    vocab_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n).
 
     Without a cache every step re-reads the last block_size tokens. With it, the prompt is read once
     (prefill) and each step feeds only the newest token. When the cache is full the window slides: the
     last 3/4 of a block is read again into a fresh cache (positions are absolute, so old keys cannot be
-    shifted). Generation stops early once every row has produced stop_token.
+    shifted). Generation stops early once every row has produced stop_token. vocab_size: sample only
+    ids below it, for a model whose vocabulary is padded past its tokenizer's (the padding ids are
+    never trained towards, and an untrained model would pick them).
     """
     check_sampling(temperature, top_k, top_p)
     block = model.config.block_size
@@ -86,7 +89,7 @@ def generate(
                     caches, fed = model.new_kv_caches(idx.size(0)), idx.size(1) - keep
                 logits, _ = model(idx[:, fed:], kv_caches=caches)
                 fed = idx.size(1)
-            nxt = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            nxt = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
             if stop_token is not None:
                 nxt = nxt.masked_fill(done.unsqueeze(1), stop_token)  # finished rows only pad
                 done |= nxt.squeeze(1) == stop_token

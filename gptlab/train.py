@@ -17,6 +17,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -91,6 +92,9 @@ def data_source(cfg: DictConfig) -> dict:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...)."""
     check_keys(cfg)
+    if cfg.matmul_precision not in ("highest", "high", "medium"):
+        raise GptlabError(f"matmul_precision={cfg.matmul_precision} is not one of highest, high, medium")
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # shape errors before any data work
     out_dir = Path(cfg.paths.output_dir)

@@ -6,6 +6,7 @@ throughput (a large matmul in the same dtype), so it needs no spec sheet.
 
     python scripts/bench_train.py                      # model=small, 32-true and bf16-mixed
     python scripts/bench_train.py --model nano --steps 20
+    python scripts/bench_train.py --device cuda --model gpt2 --batch-size 16 --precision bf16-mixed --compile
 
 Last line: `lightning/plain tokens/s ratio: X.XX` (32-true; the bf16-mixed ratio is printed above it).
 """
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from gptlab.data import RandomWindows, TokenFiles, prepare_tokens, read_text
 from gptlab.data.sources import SHAKESPEARE_FILE, SHAKESPEARE_SHA256, SHAKESPEARE_URL, find_or_download
+from gptlab.devices import pick_device
 from gptlab.lit import GPTLitModule
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, param_groups
@@ -34,71 +36,89 @@ from gptlab.model import GPT, GPTConfig, param_groups
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 5) -> float:
     """FLOP/s of an n x n matmul in `dtype`: the practical peak MFU is measured against."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    sync(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def loader(tokens, block: int, batch: int, seed: int) -> DataLoader:
-    return DataLoader(RandomWindows(tokens, block, batch, seed), batch_size=None)
+def loader(tokens, block: int, batch: int, seed: int, device: torch.device) -> DataLoader:
+    return DataLoader(RandomWindows(tokens, block, batch, seed), batch_size=None, pin_memory=device.type == "cuda")
 
 
-def run_plain(cfg: GPTConfig, tokens, batch: int, steps: int, warmup: int, precision: str) -> float:
+def adamw(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    # conf/optim/adamw.yaml's settings; on CUDA the fused kernel, as a tuned plain loop would use
+    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=device.type == "cuda")
+
+
+def run_plain(cfg: GPTConfig, tokens, batch: int, steps: int, warmup: int, precision: str,
+              device: torch.device, compile: bool) -> float:
     torch.manual_seed(0)
-    model = GPT(cfg).train()
-    opt = torch.optim.AdamW(param_groups(model), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    model = GPT(cfg).to(device).train()
+    opt = adamw(param_groups(model), device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(10, warmup + steps, 0.1))
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed"
+    forward = torch.compile(model) if compile else model
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed"
                 else contextlib.nullcontext())
-    it = iter(loader(tokens, cfg.block_size, batch, seed=0))
+    it = iter(loader(tokens, cfg.block_size, batch, seed=0, device=device))
     for step in range(warmup + steps):
         if step == warmup:
+            sync(device)
             t0 = time.perf_counter()
-        x, y = next(it)
+        x, y = (t.to(device, non_blocking=True) for t in next(it))
         with autocast:
-            _, loss = model(x, y)
+            _, loss = forward(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+    sync(device)
     return steps * batch * cfg.block_size / (time.perf_counter() - t0)
 
 
 class _Clock(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1 = warmup, 0.0, 0.0
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device, self.t0, self.t1 = warmup, device, 0.0, 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
+            sync(self.device)
             self.t0 = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
+        sync(self.device)
         self.t1 = time.perf_counter()
 
 
 def run_lightning(cfg: GPTConfig, tokenizer: dict, tokens, batch: int, steps: int, warmup: int,
-                  precision: str) -> float:
+                  precision: str, device: torch.device, compile: bool) -> float:
     torch.manual_seed(0)
     module = GPTLitModule(
-        model=cfg.to_dict(), tokenizer=tokenizer,
-        optimizer=lambda groups: torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1),
-        scheduler={"warmup_steps": 10, "min_lr_ratio": 0.1},
+        model=cfg.to_dict(), tokenizer=tokenizer, optimizer=lambda groups: adamw(groups, device),
+        scheduler={"warmup_steps": 10, "min_lr_ratio": 0.1}, compile=compile,
     )
-    clock = _Clock(warmup)
+    clock = _Clock(warmup, device)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
-            accelerator="cpu", devices=1, precision=precision, max_steps=warmup + steps, max_epochs=-1,
+            accelerator=device.type, devices=1, precision=precision, max_steps=warmup + steps, max_epochs=-1,
             gradient_clip_val=1.0, limit_val_batches=0, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], default_root_dir=tmp,
             log_every_n_steps=10,
         )
-        trainer.fit(module, train_dataloaders=loader(tokens, cfg.block_size, batch, seed=0))
+        trainer.fit(module, train_dataloaders=loader(tokens, cfg.block_size, batch, seed=0, device=device))
     return steps * batch * cfg.block_size / (clock.t1 - clock.t0)
 
 
@@ -110,8 +130,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", nargs="+", default=["bf16-mixed", "32-true"])
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
     ap.add_argument("--cache-dir", default=os.environ.get("GPTLAB_CACHE_DIR", "data/cache"))
     args = ap.parse_args()
+    device = pick_device(args.device)
+    torch.set_float32_matmul_precision("high")  # as gptlab.train does (TF32 on CUDA; CPUs ignore it)
 
     import logging
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -121,25 +145,28 @@ def main() -> None:
     cfg = GPTConfig(**{**model_yaml, "vocab_size": files.tokenizer.vocab_size})
     flops_tok = GPT(cfg).flops_per_token()
     print(f"model={args.model}: {GPT(cfg).num_params() / 1e6:.2f}M params, batch {args.batch_size}x{cfg.block_size}, "
-          f"{flops_tok / 1e6:.1f} MFLOP/token, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{flops_tok / 1e6:.1f} MFLOP/token, torch {torch.__version__}, "
+          + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads")
+          + (", compiled" if args.compile else ""))
 
     ratios = {}
     for precision in args.precision:
-        peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32)
+        peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32, device)
         plain, lit = [], []
         for r in range(args.repeats):
             order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
             for which in order:
                 if which == "plain":
-                    plain.append(run_plain(cfg, files.train, args.batch_size, args.steps, args.warmup, precision))
+                    plain.append(run_plain(cfg, files.train, args.batch_size, args.steps, args.warmup, precision,
+                                           device, args.compile))
                 else:
                     lit.append(run_lightning(cfg, files.tokenizer.to_dict(), files.train, args.batch_size,
-                                             args.steps, args.warmup, precision))
+                                             args.steps, args.warmup, precision, device, args.compile))
         p, li = statistics.median(plain), statistics.median(lit)
         ratios[precision] = li / p
         for name, v in (("plain", p), ("lightning", li)):
             print(f"{precision:>10} {name:>9}: {v:9,.0f} tokens/s  MFU {v * flops_tok / peak:5.1%} "
-                  f"(of a measured {peak / 1e9:.0f} GFLOP/s matmul)")
+                  f"(of a measured {peak / 1e12:.2f} TFLOP/s matmul)")
         print(f"{precision:>10} lightning/plain tokens/s ratio: {ratios[precision]:.2f}")
     last = "32-true" if "32-true" in ratios else next(iter(ratios))
     print(f"lightning/plain tokens/s ratio: {ratios[last]:.2f}")

@@ -205,8 +205,10 @@ def test_debug_modes_run(cfg_factory, tmp_path, debug):
 
 def test_cli_ddp_on_cpu_writes_one_run_dir(tmp_path, cache_dir):
     """Two processes over gloo: Lightning re-launches the command for rank 1 with this run's hydra.run.dir."""
-    r = cli(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", cache=cache_dir)
+    fresh_cache = tmp_path / "cache"
+    r = cli(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", cache=fresh_cache)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("tokenizing 1,115,394 characters") == 1  # the data is prepared once, by rank 0
     (run,) = (tmp_path / "outputs").glob("*/*")  # one run dir for both ranks
     assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").glob("events.*"))) == 1
     assert (run / "train_ddp_process_1.log").is_file()

@@ -125,7 +125,7 @@ class TrainConfig:
     ckpt_path: Optional[str] = None  # resume from this checkpoint (file, or a run dir: its last.ckpt)
     sample_tokens: int = 500  # length of the text sample printed at the end of training
     compile: bool = False  # torch.compile the model (pays off on GPUs; on a small CPU model it costs more than it saves)
-    matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium; CPUs ignore it
+    matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
 
 
 @dataclass

@@ -16,15 +16,22 @@ import logging
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.conf import HydraConf
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from gptlab.data.cache import atomic_write
 
 # set in the environment of a job's own run, so that it records a failure in result.json as a sweep job does
 SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
@@ -32,22 +39,24 @@ SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
 COLUMNS = ["job", "status", "val/loss", "val/bpc", "best_step", "steps", "wall_s", "overrides", "error"]
 
 
-def write_result(out_dir: Path, **result: Any) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "result.json").write_text(json.dumps(result, indent=1))
+def write_result(out_dir: Path, name: str = "result.json", **result: Any) -> None:
+    # atomic: a process killed mid-write (a DDP rank taken down with its job) leaves no half a file
+    atomic_write(out_dir / name, lambda f: f.write(json.dumps(result, indent=1)), mode="w")
 
 
-def read_result(out_dir: Path) -> dict | None:
-    f = out_dir / "result.json"
-    return json.loads(f.read_text()) if f.is_file() else None
+def read_result(out_dir: Path, name: str = "result.json") -> dict | None:
+    try:
+        return json.loads((out_dir / name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def read_results(sweep_dir: Path) -> list[dict]:
     rows = []
     for f in sweep_dir.glob("*/result.json"):
-        r = json.loads(f.read_text())
-        r["job"] = f.parent.name
-        rows.append(r)
+        r = read_result(f.parent)
+        if r is not None:
+            rows.append({**r, "job": f.parent.name})
     key = lambda r: (r.get("val/loss") is None or math.isnan(r["val/loss"]), r.get("val/loss") or 0.0)  # noqa: E731
     return sorted(rows, key=key)
 
@@ -85,49 +94,105 @@ class SweepSummary(Callback):
 def relaunches_command(trainer_cfg: DictConfig) -> bool:
     """Would Lightning start this trainer's other ranks by re-running the command line?
 
-    True for DDP-style strategies on one machine; False on one device, with ddp_spawn, and where the
-    ranks are started by someone else (SLURM, torchrun), since then Lightning launches nothing.
+    True for DDP-style strategies over several devices of one machine; False on one device, with
+    ddp_spawn, and where the ranks are started by someone else (SLURM, torchrun).
     """
     from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
     quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = quiet.level
-    quiet.setLevel(logging.WARNING)  # building the Trainer twice would print "GPU available: ..." twice
+    quiet.setLevel(logging.WARNING)  # the job builds its own Trainer and says all this once
     try:
-        trainer = instantiate(trainer_cfg, logger=False, callbacks=[], enable_progress_bar=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = instantiate(trainer_cfg, logger=False, callbacks=[], enable_progress_bar=False)
     finally:
         quiet.setLevel(level)
-    return isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
+    return isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher) and trainer.num_devices > 1
 
 
-def own_run_command(hc: HydraConf, out_dir: Path) -> list[str]:
+def own_run_command(hc: HydraConf) -> list[str]:
     """The command line of this job alone, as a single run in the job's own dir."""
     cmd = [sys.executable, "-m", "gptlab.train", f"--config-name={hc.job.config_name}"]
-    cmd += [f"--config-dir={s.path}" for s in hc.runtime.config_sources if s.provider == "command-line"]
+    for src in hc.runtime.config_sources:
+        if src.provider == "command-line":  # --config-dir
+            cmd.append(f"--config-dir={src.path}")
+        elif src.provider == "main" and (src.schema, src.path) != ("pkg", "gptlab.conf"):  # --config-path
+            cmd.append(f"--config-path={'pkg://' if src.schema == 'pkg' else ''}{src.path}")
     cmd += list(hc.overrides.task)
     # the user's other hydra overrides (logging, verbosity) apply, but not how the sweep runs its jobs
     sweep_keys = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher",
                   "hydra/launcher", "hydra.job.num", "hydra.job.id", "hydra.run", "hydra.output_subdir")
     cmd += [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(sweep_keys)]
-    return cmd + ["hydra.mode=RUN", f'hydra.run.dir="{out_dir}"', "hydra.output_subdir=null"]
+    return cmd + ["hydra.mode=RUN", f'hydra.run.dir="{hc.runtime.output_dir}"', "hydra.output_subdir=null"]
 
 
 def run_as_own_run(hc: HydraConf, out_dir: Path) -> dict:
-    """Run this multirun job as a single run in a child process; return its result.json.
+    """Run this multirun job as a single run in a child process; return the result it leaves in out_dir.
 
     From there on it is exactly the single-run path: Lightning re-runs the child's command for each
     extra rank, with hydra.run.dir pointing at this job's dir.
     """
-    cmd = own_run_command(hc, out_dir)
-    env = {**os.environ, SWEEP_JOB_ENV: str(hc.job.num)}
-    if env.get("GPTLAB_TRACEBACK") == "0":
-        env.pop("HYDRA_FULL_ERROR", None)  # set by gptlab.cli for itself, not the user's choice
+    for stale in out_dir.glob("result*.json"):  # a reused sweep dir: never mistake an old result for this one
+        stale.unlink()
+    cmd = own_run_command(hc)
     print(f"job {hc.job.num} trains on several devices, so it runs as a run of its own:\n  {shlex.join(cmd)}",
           flush=True)
-    code = subprocess.run(cmd, env=env, cwd=hc.runtime.cwd).returncode
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # earlier in-place jobs of this sweep: hand their cached GPU memory back
+    start = time.perf_counter()
+    code = run_in_own_group(cmd, env={**os.environ, SWEEP_JOB_ENV: str(hc.job.num)}, cwd=hc.runtime.cwd)
     result = read_result(out_dir)
-    if result is None:  # it died before it could say why (killed, out of memory)
-        result = {"status": "failed", "error": f"the job's processes exited with status {code}",
-                  "overrides": list(hc.overrides.task)}
+    if result is None or result.get("status") == "failed":
+        # the first rank to fail says why; the others fail after it (a peer gone, killed by Lightning)
+        ranks = [read_result(out_dir, f.name) for f in out_dir.glob("result.rank*.json")]
+        failures = [r for r in [result, *ranks] if r and r.get("status") == "failed"]
+        if failures:
+            result = min(failures, key=lambda r: r.get("failed_at", math.inf))
+        else:
+            how = f"were killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            result = {"status": "failed", "error": f"the job's processes {how} (out of memory?); logs: {out_dir}",
+                      "wall_s": time.perf_counter() - start, "overrides": list(hc.overrides.task)}
         write_result(out_dir, **result)
+        if not failures:
+            print(f"error: job {hc.job.num} failed: {result['error']}", file=sys.stderr)
     return result
+
+
+def run_in_own_group(cmd: list[str], env: dict[str, str], cwd: str) -> int:
+    """Run cmd in a process group of its own and wait for it; return its exit status.
+
+    When this returns, everything the command started is gone too: a DDP rank left behind by a
+    killed rank 0 would otherwise wait in a collective for half an hour, holding its GPU and port.
+    Ctrl-C (which reaches only this process: the group has a session of its own) and SIGTERM stop
+    the whole group.
+    """
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True)
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        restore = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return proc.wait()
+    except BaseException:
+        _signal_group(proc.pid, signal.SIGTERM)  # let Lightning stop the ranks cleanly, for a while
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        raise
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+        deadline = time.monotonic() + 3  # ranks that are finishing normally get a moment to exit
+        while _signal_group(proc.pid, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send sig to the group; False if none of it is left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False

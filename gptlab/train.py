@@ -21,6 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -94,7 +95,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_keys(cfg)
     if cfg.matmul_precision not in ("highest", "high", "medium"):
         raise GptlabError(f"matmul_precision={cfg.matmul_precision} is not one of highest, high, medium")
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model_cfg = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # shape errors before any data work
     out_dir = Path(cfg.paths.output_dir)
@@ -120,6 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks.append(HparamsSummary(flat_hparams(cfg)))
     logger = instantiate(cfg.logger) if cfg.logger else False
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    if isinstance(trainer.accelerator, CUDAAccelerator):  # only there: torch would apply it to CPUs too
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
 
     if trainer.is_global_zero:
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -177,8 +179,12 @@ def _main(cfg: DictConfig) -> float:
         if not (sweep_job or own_run_of_job):
             raise
         message = cli.one_line(ex) if isinstance(ex, cli.USER_ERRORS) else f"{type(ex).__name__}: {ex}"
+        failed = dict(status="failed", error=message, wall_s=time.perf_counter() - start, failed_at=time.time(),
+                      **record)
         if rank_zero_only.rank == 0:
-            write_result(out_dir, status="failed", error=message, wall_s=time.perf_counter() - start, **record)
+            write_result(out_dir, **failed)
+        elif own_run_of_job:  # in case rank 0 is killed before it can write: the sweep reads this
+            write_result(out_dir, name=f"result.rank{rank_zero_only.rank}.json", **failed)
         if own_run_of_job:
             raise  # a non-zero exit, so the other ranks stop too
         print(f"error: job {hc.job.num} failed: {message}", file=sys.stderr)

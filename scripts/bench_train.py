@@ -39,11 +39,13 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 5) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
     """FLOP/s of an n x n matmul in `dtype`: the practical peak MFU is measured against."""
-    n = 8192 if device.type == "cuda" else 2048
+    n, reps = (8192, 50) if device.type == "cuda" else (2048, 5)
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     sync(device)
@@ -113,7 +115,8 @@ def run_lightning(cfg: GPTConfig, tokenizer: dict, tokens, batch: int, steps: in
     clock = _Clock(warmup, device)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
-            accelerator=device.type, devices=1, precision=precision, max_steps=warmup + steps, max_epochs=-1,
+            accelerator=device.type, devices=[device.index] if device.index is not None else 1,
+            precision=precision, max_steps=warmup + steps, max_epochs=-1,
             gradient_clip_val=1.0, limit_val_batches=0, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, callbacks=[clock], default_root_dir=tmp,
             log_every_n_steps=10,
@@ -135,7 +138,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=os.environ.get("GPTLAB_CACHE_DIR", "data/cache"))
     args = ap.parse_args()
     device = pick_device(args.device)
-    torch.set_float32_matmul_precision("high")  # as gptlab.train does (TF32 on CUDA; CPUs ignore it)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as gptlab.train does on CUDA: TF32
 
     import logging
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)

@@ -48,6 +48,8 @@ def test_every_experiment_composes_as_written_and_runs(experiment, tmp_path, cac
                                             "callbacks.progress_bar.mode=lines", *SMOKE.get(experiment, [])])
     recipe = yaml.safe_load((REPO / "conf/experiment" / f"{experiment}.yaml").read_text())
     for entry in recipe.pop("defaults", []):  # "override /model: gpt2" -> the model group's choice
+        if not isinstance(entry, dict):
+            continue  # _self_
         ((group, choice),) = entry.items()
         assert cfg.hydra.runtime.choices[group.split()[-1].strip("/")] == choice
     for key, value in leaves(recipe):

@@ -92,9 +92,10 @@ def test_existing_run_dir_is_not_overwritten(cfg_factory, tmp_path):
     assert (tmp_path / "run/checkpoints/last.ckpt").read_bytes() == before
 
 
-def cli(tmp_path: Path, *args: str, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GPTLAB_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
-    env.pop("HYDRA_FULL_ERROR", None)
+def cli(tmp_path: Path, *args: str, cache: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPTLAB_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore", **extra_env}
+    for inherited in ("HYDRA_FULL_ERROR", "GPTLAB_TRACEBACK", "GPTLAB_SWEEP_JOB"):
+        env.pop(inherited, None)
     return subprocess.run([sys.executable, "-m", "gptlab.train", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -233,6 +234,20 @@ def test_cli_ddp_jobs_in_a_multirun(tmp_path, cache_dir):
         assert f"model.n_head={int(job) + 1}" in (run / ".hydra/overrides.yaml").read_text()
         assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
     assert r.stdout.count("step 6: val/loss") == 2  # each job reported once, by its rank 0
+
+
+def test_a_lone_failing_rank_is_the_recorded_cause_and_leaves_no_process(tmp_path, cache_dir):
+    """Rank 1 crashes at step 2: rank 0 then fails too (its peer is gone) or is killed by Lightning;
+    the sweep records rank 1's error, the first, and the job's processes are all gone."""
+    fail = ["+callbacks.fail._target_=failing_callback.FailOnRank", "+callbacks.fail.rank=1", "+callbacks.fail.step=2"]
+    r = cli(tmp_path, "-m", *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *fail,
+            cache=cache_dir, PYTHONPATH=str(REPO / "tests"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs/multirun").glob("*/*")
+    (row,) = csv.DictReader(open(sweep / "summary.csv"))
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: boom on rank 1"
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(sweep) not in ps  # no rank of the job outlived it
 
 
 def test_compiled_run_leaves_plain_checkpoint_keys(cfg_factory, tmp_path):

@@ -1,16 +1,68 @@
-"""Load a trained GPT and its tokenizer from a checkpoint file or a run dir, without Lightning or Hydra."""
+"""The checkpoint contract: what a gptlab checkpoint holds beside Lightning's own entries, and loading it
+back (model + tokenizer + the run's settings) without Lightning or Hydra.
+
+A checkpoint is Lightning's file (`state_dict` with `model.*` keys, optimizer and loop state) plus a
+`gptlab` entry, written by the LightningModule through `record()`:
+
+    {"format": 2,
+     "model": {...},              # the GPTConfig the weights belong to (vocab_size resolved)
+     "tokenizer": {...},          # the trained tokenizer, whole (Tokenizer.to_dict)
+     "val_tokens_per_char": 1.0,  # of the run's val split: turns nats/token into bits/char
+     "config": {...}}             # the run's composed config, resolved: data, trainer, optim, scheduler, seed...
+
+`load` checks the format: format 1 (gptlab 0.1, settings in Lightning's `hyper_parameters`) is converted
+on the fly; a newer format than this gptlab knows is refused in one line.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
+
+FORMAT = 2
+
+
+def record(model: GPTConfig, tokenizer: Tokenizer, config: dict, val_tokens_per_char: float) -> dict:
+    """The `gptlab` entry of a checkpoint."""
+    return {"format": FORMAT, "model": model.to_dict(), "tokenizer": tokenizer.to_dict(),
+            "val_tokens_per_char": val_tokens_per_char, "config": config}
+
+
+def _from_format_1(ckpt: dict) -> dict:
+    """gptlab 0.1 kept its settings in Lightning's hyper_parameters; the data source was named."""
+    hp = ckpt["hyper_parameters"]
+    data = hp.get("data") or {}
+    config = {
+        "model": hp["model"],
+        "tokenizer": data.get("tokenizer", {"kind": hp["tokenizer"]["kind"]}),
+        "data": {"path": data.get("path"), "val_fraction": data.get("val_fraction", 0.1)},
+        "scheduler": hp.get("scheduler") or {},
+        "compile": hp.get("compile", False),
+    }
+    return {"format": FORMAT, "model": hp["model"], "tokenizer": hp["tokenizer"],
+            "val_tokens_per_char": hp.get("val_tokens_per_char", 1.0), "config": config}
+
+
+def read_record(ckpt: Any, path: Path) -> dict:
+    """The checkpoint's `gptlab` entry in the current format; one line if it has none or a newer one."""
+    if not isinstance(ckpt, dict) or "gptlab" not in ckpt:
+        raise GptlabError(f"{path} is not a gptlab checkpoint (no 'gptlab' entry): train one with gptlab.train")
+    fmt = ckpt["gptlab"].get("format") if isinstance(ckpt["gptlab"], dict) else None
+    if fmt == 1:
+        return _from_format_1(ckpt)
+    if fmt == FORMAT:
+        return ckpt["gptlab"]
+    if isinstance(fmt, int) and fmt > FORMAT:
+        raise GptlabError(f"{path} has checkpoint format {fmt}, newer than this gptlab reads ({FORMAT}): "
+                          "upgrade gptlab (pip install -U gptlab, or git pull)")
+    raise GptlabError(f"{path} has an unknown checkpoint format {fmt!r}: it was not written by gptlab.train")
 
 
 def resolve_checkpoint(path: Union[str, Path], prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
@@ -27,27 +79,36 @@ def resolve_checkpoint(path: Union[str, Path], prefer: tuple[str, ...] = ("best.
     raise GptlabError(f"checkpoint {p} does not exist: give a .ckpt file or a run dir under outputs/")
 
 
+def read(path: Path, map_location: Optional[Union[str, torch.device]] = "cpu") -> dict:
+    """The checkpoint file's contents (tensors only: `weights_only`, so nothing in it runs as code)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # not a torch file at all, truncated, or one holding arbitrary objects
+        raise GptlabError(f"{path} is not a readable gptlab checkpoint ({type(e).__name__}): "
+                          "it may be damaged; use another checkpoint of the run") from None
+
+
 @dataclass
 class Loaded:
     model: GPT
     tokenizer: Tokenizer
     path: Path
     step: int
-    hparams: dict
+    record: dict = field(default_factory=dict)  # the `gptlab` entry, current format
+
+    @property
+    def config(self) -> dict:
+        """The run's composed config as the checkpoint recorded it."""
+        return self.record["config"]
 
 
-def load(path: Union[str, Path], map_location: Optional[str] = "cpu") -> Loaded:
-    """Rebuild the model (weights loaded, eval mode) and tokenizer from a gptlab checkpoint."""
+def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Loaded:
+    """Rebuild the model (weights loaded, on `device`, eval mode) and tokenizer from a checkpoint or run dir."""
     ckpt_path = resolve_checkpoint(path)
-    try:
-        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    except Exception as e:  # not a torch file at all, or one holding arbitrary objects
-        raise GptlabError(f"{ckpt_path} is not a readable gptlab checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or "gptlab" not in ckpt:
-        raise GptlabError(f"{ckpt_path} is not a gptlab checkpoint (no 'gptlab' entry): train one with gptlab.train")
-    hp = ckpt["hyper_parameters"]
-    model = GPT(GPTConfig(**hp["model"]))
+    ckpt = read(ckpt_path)
+    rec = read_record(ckpt, ckpt_path)
+    model = GPT(GPTConfig(**rec["model"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    model.eval()
-    return Loaded(model, tokenizer_from_dict(hp["tokenizer"]), ckpt_path, int(ckpt.get("global_step", 0)), hp)
+    model.to(device).eval()
+    return Loaded(model, tokenizer_from_dict(rec["tokenizer"]), ckpt_path, int(ckpt.get("global_step", 0)), rec)

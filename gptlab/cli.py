@@ -16,6 +16,7 @@ from gptlab.model import ConfigError
 from gptlab.tokenizers import TokenizerError
 
 T = TypeVar("T")
+COMMAND = "python -m gptlab.train"  # the entry point being run, for hints; set by run()
 USER_ERRORS = (GptlabError, ConfigError, TokenizerError, HydraException, OmegaConfBaseException)
 
 
@@ -34,7 +35,7 @@ def one_line(ex: BaseException) -> str:
     cause = ex.__cause__
     if str(ex).startswith("Could not override") and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         key = str(ex).split("'")[1]
-        return f"unknown config key {key}: check its spelling | every key: python -m gptlab.train --cfg job"
+        return f"unknown config key {key}: check its spelling | every key: {COMMAND} --cfg job"
     parts = [str(ex)]
     if isinstance(ex, HydraException) and isinstance(cause, OmegaConfBaseException):
         parts.append(str(cause).splitlines()[0] if str(cause) else "")
@@ -42,7 +43,7 @@ def one_line(ex: BaseException) -> str:
         parts = [str(ex).splitlines()[0]]
     text = " ".join(" ".join(parts).split()).split(" Config search path")[0]
     if isinstance(ex, (HydraException, OmegaConfBaseException)):
-        text += " | every key: python -m gptlab.train --cfg job"
+        text += f" | every key: {COMMAND} --cfg job"
     return text
 
 
@@ -53,6 +54,8 @@ def run(hydra_main: Callable[[], object]) -> None:
     we set it so they reach us. If you set HYDRA_FULL_ERROR yourself, you get the full traceback.
     Processes a gptlab command starts (DDP ranks) inherit its choice through GPTLAB_TRACEBACK.
     """
+    global COMMAND
+    COMMAND = f"python -m {hydra_main.__module__}"
     inherited = os.environ.get("GPTLAB_TRACEBACK")
     wants_traceback = inherited == "1" if inherited is not None else os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["GPTLAB_TRACEBACK"] = "1" if wants_traceback else "0"

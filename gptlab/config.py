@@ -1,156 +1,90 @@
-"""Typed schemas for the Hydra configs, registered in Hydra's ConfigStore.
+"""The entry points' typed configs, and turning a composed config node into the typed spec it describes.
 
-Each YAML group under conf/ is checked against its dataclass here, so `model.n_layr=4` (a typo) or
-`model.n_layer=four` (a wrong type) stops the run with an error instead of being silently ignored.
-The model schema is the model's own GPTConfig: one definition, no copy to keep in sync.
+Each configured object has one typed spec beside its owner, holding its defaults: `GPTConfig`
+(model/gpt.py), `DataConfig` (data/datamodule.py), the tokenizers' `settings` (tokenizers/), `TrainerConfig`
+(lit/trainer.py), `AdamWConfig` (lit/optim.py), `WarmupCosine` (lit/schedule.py), `SamplingConfig`
+(model/sampling.py). The schemas Hydra checks while composing are those classes themselves; the YAML
+files under conf/ state only what differs from them. Nodes whose type depends on a choice (tokenizer by
+`kind`, optim by `_target_`) get the schema of their option (`DEFAULT_OPTIONS`), and every node is
+checked again, values included, when it is turned into its spec (`to_spec`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, List, Optional
+import typing
+from dataclasses import MISSING as MISSING_FIELD
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Optional, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from gptlab.data import DataConfig
 from gptlab.errors import GptlabError
-from gptlab.model.gpt import GPTConfig
+from gptlab.lit.optim import AdamWConfig
+from gptlab.lit.schedule import WarmupCosine
+from gptlab.lit.trainer import TrainerConfig
+from gptlab.model import GPTConfig, SamplingConfig
+from gptlab.tokenizers import TOKENIZERS, TokenizerError
+
+T = TypeVar("T")
+
+# optimizers and schedules whose settings gptlab knows, by the _target_ of their config
+OPTIMIZERS: dict[str, type] = {"torch.optim.AdamW": AdamWConfig}
+SCHEDULES: dict[str, type] = {"gptlab.lit.schedule.WarmupCosine": WarmupCosine}
 
 
 @dataclass
-class CharTokenizerConfig:
-    kind: str = "char"
+class DataPaths:
+    """Where data is read from; relative paths start from the folder you run from."""
+
+    data_dir: Optional[str] = "${oc.env:GPTLAB_DATA_DIR,data}"  # data sets are looked for and downloaded here
+    cache_dir: str = "${oc.env:GPTLAB_CACHE_DIR,data/cache}"  # tokenized corpora, shared by every run
 
 
 @dataclass
-class BPETokenizerConfig:
-    kind: str = "bpe"
-    vocab_size: int = 4096  # 256 bytes + merges + special tokens; up to 65,536
-    special_tokens: List[str] = field(default_factory=lambda: ["<|endoftext|>"])
-    min_frequency: int = 2  # stop merging pairs seen fewer times than this
-    show_progress: bool = True
-
-
-@dataclass
-class DataConfig:
-    """Maps onto gptlab.data.TextDataModule."""
-
-    _target_: str = "gptlab.data.TextDataModule"
-    source: str = "shakespeare"  # "shakespeare" (found or downloaded) or "text" (data.path)
-    path: Optional[str] = None  # text: a UTF-8 file or a folder of .txt files
-    url: Optional[str] = None  # where a named data set is downloaded from when it is not on disk
-    sha256: Optional[str] = None  # checked after download
-    data_dir: Optional[str] = II("paths.data_dir")
-    cache_dir: str = II("paths.cache_dir")
-    val_fraction: float = 0.1  # the last 10% of the text is the validation split
-    block_size: int = II("model.block_size")
-    batch_size: int = 64
-    val_batch_size: Optional[int] = None  # None: batch_size; evaluation holds no gradients, so larger is fine
-    num_workers: int = 0  # batches are cheap numpy gathers; workers only pay off on fast GPUs
-    seed: int = II("seed")
-
-
-@dataclass
-class TrainerConfig:
-    """Maps onto lightning.Trainer; the arguments gptlab uses, typed."""
-
-    _target_: str = "lightning.Trainer"
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    num_nodes: int = 1
-    strategy: Any = "auto"
-    precision: Any = "32-true"
-    max_steps: int = 5000
-    max_time: Optional[str] = None  # "DD:HH:MM:SS"; stops early, after a last validation
-    max_epochs: int = -1  # training batches are an endless stream; steps (or time) end a run
-    val_check_interval: Any = 250  # validate (and checkpoint) every N optimizer steps
-    check_val_every_n_epoch: Optional[int] = None  # count val_check_interval across the whole run
-    limit_val_batches: Any = 20
-    num_sanity_val_steps: int = 1
-    gradient_clip_val: Optional[float] = 1.0
-    accumulate_grad_batches: int = 1
-    log_every_n_steps: int = 10
-    deterministic: Any = False
-    benchmark: Optional[bool] = None
-    enable_model_summary: bool = False  # gptlab prints its own parameter count
-    fast_dev_run: Any = False
-    overfit_batches: Any = 0.0
-    limit_train_batches: Any = None
-    profiler: Any = None  # "simple", "advanced", or a profiler config with _target_
-    default_root_dir: Optional[str] = II("paths.output_dir")
-
-
-@dataclass
-class AdamWConfig:
-    """torch.optim.AdamW, built later with the parameter groups (Hydra's _partial_)."""
-
-    _target_: str = "torch.optim.AdamW"
-    _partial_: bool = True
-    lr: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-8
-    weight_decay: float = 0.1  # applied to matrices only; biases and LayerNorm weights get none
-    fused: Optional[bool] = None
-    foreach: Optional[bool] = None
-
-
-@dataclass
-class SchedulerConfig:
-    """Linear warmup then cosine decay, stepped every optimizer step."""
-
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # the lr ends at min_lr_ratio * optim.lr
-    total_steps: Optional[int] = None  # steps of the cosine; None: trainer.max_steps
-
-
-@dataclass
-class PathsConfig:
-    data_dir: Optional[str] = None  # where data sets are looked for and downloaded to ($GPTLAB_DATA_DIR wins)
-    cache_dir: str = "data/cache"  # tokenized corpora, shared by every run and multirun job
+class PathsConfig(DataPaths):
     output_dir: str = "${hydra:runtime.output_dir}"  # this run's folder: logs and checkpoints
 
 
 @dataclass
 class TrainConfig:
+    """python -m gptlab.train: the groups of conf/train.yaml and the run's own settings."""
+
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: Any = MISSING
+    tokenizer: Any = MISSING  # tokenizer=char|bpe: the settings of TOKENIZERS[kind]
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: Any = MISSING
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    callbacks: Any = None
+    optim: Any = MISSING  # a _partial_ optimizer: called with the parameter groups
+    scheduler: Any = MISSING  # a _partial_ lr schedule
+    callbacks: Any = None  # name -> a callback config with _target_
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 1337
-    ckpt_path: Optional[str] = None  # resume from this checkpoint (file, or a run dir: its last.ckpt)
-    sample_tokens: int = 500  # length of the text sample printed at the end of training
+    ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
+    sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
     compile: bool = False  # torch.compile the model (pays off on GPUs; on a small CPU model it costs more than it saves)
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(SamplingConfig):
     """python -m gptlab.generate: sample text from a checkpoint."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
     prompt: str = "\n"
     prompt_file: Optional[str] = None  # read the prompt from this file instead
-    max_new_tokens: int = 500
-    temperature: float = 0.8  # 0: greedy
-    top_k: Optional[int] = 200
-    top_p: Optional[float] = None  # nucleus sampling, in (0, 1]
     num_samples: int = 1  # sampled together as one batch
     seed: int = 1337
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
     dtype: Optional[str] = None  # None: the checkpoint's (float32); or bfloat16, float16
-    use_cache: bool = True  # KV cache: read the prompt once, then one token per step
 
 
 @dataclass
 class EvalDataConfig:
     path: Optional[str] = None  # None: the checkpoint's own validation split
-    batch_size: int = 32
-    max_batches: Optional[int] = None  # None: every window of the text
+    batch_size: Optional[int] = None  # None: the run's validation batch size
 
 
 @dataclass
@@ -159,46 +93,73 @@ class EvalConfig:
 
     ckpt_path: str = MISSING
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    whole_split: bool = False  # score every window, not only the ones the run's validation scored
     device: str = "auto"
-    cache_dir: str = "${oc.env:GPTLAB_CACHE_DIR,data/cache}"
-    data_dir: Optional[str] = "${oc.env:GPTLAB_DATA_DIR,data}"
+    paths: DataPaths = field(default_factory=DataPaths)
+
+
+def with_target(spec: type, target: str, partial: bool = False) -> type:
+    """A schema for a config that Hydra instantiates: spec's fields (same names, types and defaults) plus
+    `_target_` (and `_partial_`), so the YAML never restates them."""
+    hints = typing.get_type_hints(spec)
+    extra = [("_target_", str, field(default=target))]
+    if partial:
+        extra.append(("_partial_", bool, field(default=True)))
+    own = [(f.name, hints[f.name], field(default=f.default) if f.default is not MISSING_FIELD
+            else field(default_factory=f.default_factory)) for f in fields(spec)]  # type: ignore[misc]
+    return make_dataclass(f"{spec.__name__}Node", extra + own)
+
+
+# group options that are a spec's defaults as they are: no YAML file restates them
+DEFAULT_OPTIONS: dict[tuple[str, str], type] = {
+    ("model", "small"): GPTConfig,
+    ("data", "shakespeare"): DataConfig,
+    ("trainer", "default"): TrainerConfig,
+    ("optim", "adamw"): with_target(AdamWConfig, "torch.optim.AdamW", partial=True),
+    ("scheduler", "warmup_cosine"): with_target(WarmupCosine, "gptlab.lit.schedule.WarmupCosine", partial=True),
+    **{("tokenizer", kind): cls.settings for kind, cls in TOKENIZERS.items()},
+}
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    for (group, name), node in DEFAULT_OPTIONS.items():
+        cs.store(group=group, name=name, node=node)
+    cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="tokenizer", name="char_schema", node=CharTokenizerConfig)
-    cs.store(group="tokenizer", name="bpe_schema", node=BPETokenizerConfig)
-    cs.store(group="optim", name="adamw_schema", node=AdamWConfig)
 
 
-# the schema of each node, for the check below; optim and tokenizer pick theirs by what they build
-TOKENIZER_SCHEMAS: dict[str, type] = {"char": CharTokenizerConfig, "bpe": BPETokenizerConfig}
-OPTIM_SCHEMAS: dict[str, type] = {"torch.optim.AdamW": AdamWConfig}
-NODE_SCHEMAS: dict[str, type] = {
-    "model": GPTConfig, "data": DataConfig, "trainer": TrainerConfig, "scheduler": SchedulerConfig, "paths": PathsConfig
-}
+def to_spec(spec: type[T], node: Any, name: str) -> T:
+    """The typed spec a config node describes. Keys starting with `_` (Hydra's `_target_`) are Hydra's;
+    an unknown key, a wrong type or a value out of range is one line that names the key."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    values = {k: v for k, v in values.items() if not str(k).startswith("_")}
+    known = {f.name for f in fields(spec)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise GptlabError(f"unknown config key {name}.{unknown[0]}: {name} takes {', '.join(sorted(known))}")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(spec), values)  # wrong types fail here
+        return OmegaConf.to_object(typed)  # type: ignore[return-value]  # builds spec: __post_init__ checks ranges
+    except OmegaConfBaseException as e:
+        key = f"{name}.{e.key}" if getattr(e, "key", None) else name  # type: ignore[attr-defined]
+        raise GptlabError(f"{key}: {str(e).splitlines()[0]}") from None
+    except (ValueError, TokenizerError) as e:
+        raise GptlabError(str(e)) from None
 
 
-def check_keys(cfg: DictConfig) -> None:
-    """Reject keys no schema knows. Hydra lets `+key=value` add keys even to typed nodes; a typo there
-    would otherwise surface later as a TypeError deep inside a constructor."""
-    nodes: list[tuple[str, Any, type]] = [("", cfg, TrainConfig)]
-    nodes += [(name, cfg.get(name), schema) for name, schema in NODE_SCHEMAS.items()]
-    if cfg.get("tokenizer") is not None:
-        nodes.append(("tokenizer", cfg.tokenizer, TOKENIZER_SCHEMAS.get(cfg.tokenizer.get("kind"), object)))
-    if cfg.get("optim") is not None:
-        nodes.append(("optim", cfg.optim, OPTIM_SCHEMAS.get(cfg.optim.get("_target_"), object)))
-    for name, node, schema in nodes:
-        if node is None or schema is object:
-            continue
-        known = {f.name for f in fields(schema)}
-        unknown = [k for k in node.keys() if k not in known and not (name == "" and k == "hydra")]
-        if unknown:
-            where = f"{name}." if name else ""
-            raise GptlabError(
-                f"unknown config key {where}{unknown[0]}: {name or 'the top level'} takes "
-                f"{', '.join(sorted(known))}"
-            )
+def tokenizer_spec(node: Any) -> Any:
+    """The tokenizer settings of a `tokenizer=...` node, checked against its kind's spec."""
+    kind = node.get("kind") if node is not None else None
+    if kind not in TOKENIZERS:
+        raise GptlabError(f"tokenizer.kind={kind!r} is not one of {', '.join(TOKENIZERS)}")
+    return to_spec(TOKENIZERS[kind].settings, node, "tokenizer")
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    """Hydra lets `+key=value` add keys even to a typed config; a typo there is an error, not ignored."""
+    known = {f.name for f in fields(TrainConfig)} | {"hydra"}
+    unknown = [k for k in cfg.keys() if k not in known]
+    if unknown:
+        raise GptlabError(f"unknown config key {unknown[0]}: the top level takes {', '.join(sorted(known))}")

@@ -11,6 +11,7 @@ re-running the command line, and the command line of a sweep is the whole sweep.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -23,15 +24,19 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import lightning as L
 import torch
 from hydra.conf import HydraConf
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from gptlab.data.cache import atomic_write
+from gptlab.cli import USER_ERRORS, one_line
+from gptlab.files import atomic_write
 
 # set in the environment of a job's own run, so that it records a failure in result.json as a sweep job does
 SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
@@ -91,24 +96,76 @@ class SweepSummary(Callback):
         print(format_table(rows))
 
 
-def relaunches_command(trainer_cfg: DictConfig) -> bool:
+def relaunches_command(trainer_kwargs: dict) -> bool:
     """Would Lightning start this trainer's other ranks by re-running the command line?
 
-    True for DDP-style strategies over several devices of one machine; False on one device, with
-    ddp_spawn, and where the ranks are started by someone else (SLURM, torchrun).
+    True for DDP-style strategies over several devices of one machine; False on one device, and where
+    the ranks are started by someone else (SLURM, torchrun). (ddp_spawn counts as True: running such a
+    job as a run of its own is merely a little slower, never wrong.)
     """
-    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
-
     quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # the job builds its own Trainer and says all this once
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            trainer = instantiate(trainer_cfg, logger=False, callbacks=[], enable_progress_bar=False)
+            trainer = L.Trainer(**trainer_kwargs, logger=False, callbacks=[], enable_progress_bar=False)
     finally:
         quiet.setLevel(level)
-    return isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher) and trainer.num_devices > 1
+    strategy = trainer.strategy
+    launcher = getattr(strategy, "launcher", None)
+    external = getattr(getattr(strategy, "cluster_environment", None), "creates_processes_externally", False)
+    return trainer.num_devices > 1 and launcher is not None and not launcher.is_interactive_compatible \
+        and not external
+
+
+def records_result(relaunches: Callable[[DictConfig], bool]):
+    """Wrap the training task (as lightning-hydra-template's task_wrapper): leave result.json in the run
+    dir and return the final val loss (what a sweeper minimises).
+
+    In a multirun a failing job (bad settings, NaN, out of memory) is recorded as failed and the sweep
+    goes on with the next job; a single run fails loudly. A multirun job on several local devices runs
+    as a run of its own in a child process (`run_as_own_run`).
+    """
+
+    def decorate(task: Callable[[DictConfig], dict]) -> Callable[[DictConfig], float]:
+        @functools.wraps(task)
+        def wrapper(cfg: DictConfig) -> float:
+            hc = HydraConfig.get()
+            out_dir = Path(cfg.paths.output_dir)
+            record = {"overrides": list(hc.overrides.task)}
+            sweep_job = hc.mode == RunMode.MULTIRUN
+            own_run_of_job = os.environ.get(SWEEP_JOB_ENV)  # we are that child: record failures as the job's
+            start = time.perf_counter()
+            try:
+                if sweep_job and relaunches(cfg):
+                    loss = run_as_own_run(hc, out_dir).get("val/loss")
+                    return math.nan if loss is None else loss
+                metrics = task(cfg)
+            except Exception as ex:
+                if not (sweep_job or own_run_of_job):
+                    raise
+                message = one_line(ex) if isinstance(ex, USER_ERRORS) else f"{type(ex).__name__}: {ex}"
+                failed = dict(status="failed", error=message, wall_s=time.perf_counter() - start,
+                              failed_at=time.time(), **record)
+                if rank_zero_only.rank == 0:
+                    write_result(out_dir, **failed)
+                elif own_run_of_job:  # in case rank 0 is killed before it can write: the sweep reads this
+                    write_result(out_dir, name=f"result.rank{rank_zero_only.rank}.json", **failed)
+                if own_run_of_job:
+                    raise  # a non-zero exit, so the other ranks stop too
+                print(f"error: job {hc.job.num} failed: {message}", file=sys.stderr)
+                return math.nan
+            loss = metrics.get("val/loss", math.nan)
+            if rank_zero_only.rank == 0:
+                write_result(out_dir, status="ok" if math.isfinite(loss) else "nan",
+                             wall_s=time.perf_counter() - start,
+                             **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)
+            return loss
+
+        return wrapper
+
+    return decorate
 
 
 def own_run_command(hc: HydraConf) -> list[str]:

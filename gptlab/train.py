@@ -1,134 +1,184 @@
 """Train a GPT: `python -m gptlab.train model=small data=shakespeare` (Hydra; see conf/train.yaml).
 
-`train(cfg)` does the work and is what tests call; `main` is the thin Hydra entry point around it.
+`train(cfg)` does the work and is what tests call; `_main` is the thin Hydra entry point around it, and
+the sweep's bookkeeping wraps it (`sweep.records_result`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
-import os
 import sys
-import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from gptlab import cli
-from gptlab.checkpoint import resolve_checkpoint
-from gptlab.config import check_keys, register_configs
-from gptlab.data import TextDataModule
+from gptlab import checkpoint, cli, sweep
+from gptlab.config import OPTIMIZERS, SCHEDULES, check_top_level, register_configs, to_spec, tokenizer_spec
+from gptlab.data import DataConfig, TextDataModule
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
-from gptlab.lit.callbacks import HparamsSummary, sample_text
-from gptlab.model import GPTConfig
-from gptlab.sweep import SWEEP_JOB_ENV, relaunches_command, run_as_own_run, write_result
+from gptlab.lit.callbacks import HparamsSummary, RunSummary
+from gptlab.lit.trainer import TrainerConfig
+from gptlab.model import GPTConfig, SamplingConfig, complete
 
 register_configs()
 
 
-class _DropAdverts(logging.Filter):
+class _DropBanners(logging.Filter):
+    """Lightning's start-up lines that say nothing about this run (gptlab prints its own summary)."""
+
+    NOISE = ("Tip:", " available: ", "`Trainer(", "LOCAL_RANK:")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()  # Lightning's advert for its cloud logger
+        return not any(n in record.getMessage() for n in self.NOISE)
 
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_DropAdverts())
+    logging.getLogger(_name).addFilter(_DropBanners())
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, nothing to act on
 
+# what a resumed run may not change: the weights and the data stream belong to these
+FIXED_ON_RESUME = ("model", "tokenizer", "data.path", "data.url", "data.val_fraction")
+CHANGEABLE_ON_RESUME = ("model.dropout",)
+NOT_RECORDED = ("paths", "ckpt_path", "hydra")  # where this invocation writes, not what the run is
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The settings worth comparing across runs, flattened for TensorBoard's HPARAMS tab."""
-    c = OmegaConf.to_container(cfg, resolve=True)
+
+def run_config(cfg: DictConfig) -> dict:
+    """The run's settings as a checkpoint records them: the composed config with data.path absolute, its
+    interpolations kept (`${paths.output_dir}` means the folder of whichever invocation runs it)."""
+    c = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(c, dict)
-    keep = {k: c[k] for k in ("model", "tokenizer", "optim", "scheduler", "seed")}
-    keep["data"] = {k: c["data"][k] for k in ("source", "path", "batch_size", "val_fraction")}
-    keep["trainer"] = {k: c["trainer"][k] for k in ("max_steps", "precision", "accumulate_grad_batches", "devices")}
+    c = {k: v for k, v in c.items() if k not in NOT_RECORDED}
+    if c["data"].get("path"):
+        c["data"]["path"] = str(Path(c["data"]["path"]).expanduser().resolve())
+    return c
+
+
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"n_layer": 4}} -> {"model.n_layer": 4}; Hydra's `_target_` keys left out."""
+    if not isinstance(node, dict):
+        return {prefix: node if isinstance(node, (int, float, str, bool)) else str(node)}
     out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                if not str(k).startswith("_"):
-                    walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    walk("", keep)
+    for k, v in node.items():
+        if not str(k).startswith("_"):
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
-def with_vocab(model_cfg: GPTConfig, vocab_size: int) -> GPTConfig:
-    """model.vocab_size defaults to the tokenizer's; a larger one (e.g. padded to a multiple of 64) is kept."""
-    if model_cfg.vocab_size is None:
-        return dataclasses.replace(model_cfg, vocab_size=vocab_size)
-    if model_cfg.vocab_size < vocab_size:
-        raise GptlabError(
-            f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's {vocab_size} tokens: "
-            "remove the override (it defaults to the tokenizer's) or raise it"
-        )
-    return model_cfg
+def user_keys(overrides: list[str]) -> list[tuple[str, bool]]:
+    """The config keys a command line sets: (key, deleted). A group choice (`model=nano`) sets the whole node."""
+    keys = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.key_or_group.startswith("hydra") or o.key_or_group == "ckpt_path":
+            continue
+        if o.key_or_group in ("experiment", "debug", "hparams_search"):
+            raise GptlabError(f"{o.key_or_group}= cannot be combined with ckpt_path=: a resumed run keeps its "
+                              "own settings; override single keys instead (e.g. trainer.max_steps=...)")
+        keys.append((o.key_or_group.split("@")[0].lstrip("+~"), o.is_delete()))
+    return keys
 
 
-def data_source(cfg: DictConfig) -> dict:
-    """What a checkpoint records of its data, enough to rebuild the same validation split later."""
-    keys = ("source", "path", "url", "sha256", "val_fraction")
-    d = {k: cfg.data[k] for k in keys}
-    if d["path"]:
-        d["path"] = str(Path(d["path"]).expanduser().resolve())
-    return {**d, "tokenizer": OmegaConf.to_container(cfg.tokenizer)}
+def resumed(cfg: DictConfig, stored: dict, overrides: Optional[list[str]]) -> DictConfig:
+    """The config of a resumed run: the checkpoint's own settings, with only what the command line sets
+    changed. overrides None (train called in-process): every key of cfg counts as set."""
+    out = OmegaConf.create(stored)
+    before = flat(stored)
+    changed = user_keys(overrides) if overrides is not None else [(k, False) for k in stored]
+    for key, deleted in changed:
+        if deleted:
+            OmegaConf.update(out, key, None, merge=False, force_add=True)
+            continue
+        new = OmegaConf.select(cfg, key)
+        new = OmegaConf.to_container(new, resolve=True) if OmegaConf.is_config(new) else new
+        for path, value in flat(new, key).items() if isinstance(new, dict) else [(key, new)]:
+            old = before.get(path)
+            fixed = path.startswith(FIXED_ON_RESUME) and not path.startswith(CHANGEABLE_ON_RESUME)
+            if fixed and old != value and not (path == "data.path" and value and old == str(Path(value).resolve())):
+                raise GptlabError(f"{path}={value} conflicts with the run being resumed ({path}={old}): "
+                                  "a resumed run keeps its model and data; drop the override, or train a new run")
+        if not (key.startswith(FIXED_ON_RESUME) and not key.startswith(CHANGEABLE_ON_RESUME)):
+            OmegaConf.update(out, key, new, merge=False, force_add=True)
+    for k in NOT_RECORDED:
+        if k in cfg and k != "hydra":
+            out[k] = cfg[k]
+    return out
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...)."""
-    check_keys(cfg)
+def build(cfg: DictConfig) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
+    """Every object of the run, from a composed config; nothing is written yet."""
+    check_top_level(cfg)
     if cfg.matmul_precision not in ("highest", "high", "medium"):
         raise GptlabError(f"matmul_precision={cfg.matmul_precision} is not one of highest, high, medium")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model_cfg = GPTConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # shape errors before any data work
-    out_dir = Path(cfg.paths.output_dir)
-    ckpt_path = str(resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt",))) if cfg.ckpt_path else None
-    if (out_dir / "checkpoints" / "last.ckpt").exists():
-        raise GptlabError(f"{out_dir} already holds a run's checkpoints: use a new run dir (or resume with ckpt_path=)")
-
-    datamodule: TextDataModule = instantiate(cfg.data, tokenizer=OmegaConf.to_container(cfg.tokenizer), _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    tokenizer = datamodule.tokenizer
-    model_cfg = with_vocab(model_cfg, tokenizer.vocab_size)
-    module = GPTLitModule(
-        model=model_cfg.to_dict(),
-        tokenizer=tokenizer.to_dict(),
-        optimizer=instantiate(cfg.optim, _convert_="all"),
-        scheduler=OmegaConf.to_container(cfg.scheduler),
-        val_tokens_per_char=datamodule.files.val_tokens_per_char,  # type: ignore[union-attr]
-        data=data_source(cfg),
-        compile=cfg.compile,
-    )
+    model_spec = to_spec(GPTConfig, cfg.model, "model")
+    data_spec = to_spec(DataConfig, cfg.data, "data")
+    trainer_spec = to_spec(TrainerConfig, cfg.trainer, "trainer")
+    optimizer = _partial(cfg.optim, "optim", OPTIMIZERS)
+    scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)
+    tokenizer = dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
+    datamodule = TextDataModule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
+                                cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
+    module = GPTLitModule(model_spec, optimizer=optimizer, scheduler=scheduler, compile=cfg.compile,
+                          run_config=run_config(cfg))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    callbacks.append(HparamsSummary(flat_hparams(cfg)))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    callbacks.append(RunSummary())
+    callbacks.append(HparamsSummary(flat({k: v for k, v in resolved.items() if k in module.run_config
+                                          and k not in ("callbacks", "logger")})))
     logger = instantiate(cfg.logger) if cfg.logger else False
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    settings = dataclasses.asdict(trainer_spec)
+    if isinstance(settings["profiler"], dict):  # a profiler config with _target_
+        settings["profiler"] = instantiate(settings["profiler"])
+    try:
+        trainer = L.Trainer(**settings, callbacks=callbacks, logger=logger, default_root_dir=cfg.paths.output_dir)
+    except (ValueError, MisconfigurationException) as e:  # Lightning's word on devices and strategies
+        hint = " This machine has no GPU: use trainer=cpu." if "gpu" in str(e).lower() and \
+            not torch.cuda.is_available() else ""
+        raise GptlabError(f"trainer: {' '.join(str(e).split())}{hint}") from None
+    return trainer, module, datamodule
+
+
+def _partial(node: DictConfig, name: str, known: dict[str, type]) -> Any:
+    """A `_partial_` config (optimizer, schedule): checked against its spec where gptlab knows the target."""
+    if node.get("_target_") in known:
+        spec = to_spec(known[node._target_], node, name)
+        return functools.partial(hydra.utils.get_method(node._target_), **dataclasses.asdict(spec))
+    return instantiate(node, _convert_="all")
+
+
+def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, float]:
+    """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...).
+
+    With ckpt_path=, the run resumes from its checkpoint with the settings the checkpoint records;
+    overrides (the command line) say which of them this call changes.
+    """
+    ckpt_path = None
+    if cfg.ckpt_path:
+        ckpt_path = checkpoint.resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt",))
+        stored = checkpoint.read_record(checkpoint.read(ckpt_path), ckpt_path)
+        cfg = resumed(cfg, stored["config"], overrides)
+    out_dir = Path(cfg.paths.output_dir)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.exists() and (ckpt_path is None or last.resolve() != ckpt_path.resolve()):
+        raise GptlabError(f"{out_dir} already holds a run's checkpoints: use a new run dir (or resume with ckpt_path=)")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    trainer, module, datamodule = build(cfg)
     if isinstance(trainer.accelerator, CUDAAccelerator):  # only there: torch would apply it to CPUs too
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-
-    if trainer.is_global_zero:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
-        m = module.model
-        print(f"model: {m.num_params() / 1e6:.2f}M parameters (+{m.transformer.wpe.weight.numel() / 1e6:.2f}M "
-              f"position table), vocab {model_cfg.vocab_size} ({tokenizer.kind}), context {model_cfg.block_size}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["steps"] = trainer.global_step
@@ -143,9 +193,9 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or "(none: no validation ran)"
     if cfg.sample_tokens > 0:
-        print("\n--- sample (temperature 0.8) ---")
-        print(sample_text(module, "\n", cfg.sample_tokens, temperature=0.8, seed=cfg.seed).strip())
-        print("---")
+        sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens)
+        (text,) = complete(module.model, module.tokenizer, "\n", sampling, seed=cfg.seed)  # type: ignore[arg-type]
+        print(f"\n--- sample (temperature {sampling.temperature}) ---\n{text.strip()}\n---")
     loss = metrics.get("val/loss", math.nan)
     print(f"\nstep {trainer.global_step}: val/loss {loss:.4f}  val/bpc {metrics.get('val/bpc', math.nan):.4f}")
     print(f"run dir:         {cfg.paths.output_dir}")
@@ -155,48 +205,34 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
         print(f"tensorboard:     tensorboard --logdir {log_dir}")
 
 
+def trainer_kwargs(cfg: DictConfig) -> dict:
+    return dataclasses.asdict(to_spec(TrainerConfig, cfg.trainer, "trainer"))
+
+
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="train")
 @cli.reports_errors
-def _main(cfg: DictConfig) -> float:
-    """Train; leave result.json in the run dir; return the final val loss (what a sweeper minimises).
+@sweep.records_result(lambda cfg: sweep.relaunches_command(trainer_kwargs(cfg)))
+def _main(cfg: DictConfig) -> dict[str, float]:
+    return train(cfg, overrides=list(HydraConfig.get().overrides.task))
 
-    In a multirun a failing job (bad settings, NaN, out of memory) is recorded as failed and the
-    sweep goes on with the next job; a single run fails loudly. A multirun job on several local
-    devices runs as a run of its own in a child process (see gptlab/sweep.py).
-    """
-    hc = HydraConfig.get()
-    out_dir = Path(cfg.paths.output_dir)
-    record = {"overrides": list(hc.overrides.task)}
-    sweep_job = hc.mode == RunMode.MULTIRUN
-    own_run_of_job = os.environ.get(SWEEP_JOB_ENV)  # we are that child: record failures as the job's
-    start = time.perf_counter()
+
+def resume_in_place(argv: list[str]) -> list[str]:
+    """`ckpt_path=RUN` alone continues in RUN's own folder: Hydra must be told before it makes a new one
+    (and keeps RUN's .hydra/ as the run's original record)."""
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt_path=")), None)
+    if not ckpt or {"-m", "--multirun"} & set(argv) or any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv
     try:
-        if sweep_job and relaunches_command(cfg.trainer):
-            loss = run_as_own_run(hc, out_dir).get("val/loss")
-            return math.nan if loss is None else loss
-        metrics = train(cfg)
-    except Exception as ex:
-        if not (sweep_job or own_run_of_job):
-            raise
-        message = cli.one_line(ex) if isinstance(ex, cli.USER_ERRORS) else f"{type(ex).__name__}: {ex}"
-        failed = dict(status="failed", error=message, wall_s=time.perf_counter() - start, failed_at=time.time(),
-                      **record)
-        if rank_zero_only.rank == 0:
-            write_result(out_dir, **failed)
-        elif own_run_of_job:  # in case rank 0 is killed before it can write: the sweep reads this
-            write_result(out_dir, name=f"result.rank{rank_zero_only.rank}.json", **failed)
-        if own_run_of_job:
-            raise  # a non-zero exit, so the other ranks stop too
-        print(f"error: job {hc.job.num} failed: {message}", file=sys.stderr)
-        return math.nan
-    loss = metrics.get("val/loss", math.nan)
-    if rank_zero_only.rank == 0:
-        write_result(out_dir, status="ok" if math.isfinite(loss) else "nan", wall_s=time.perf_counter() - start,
-                     **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)
-    return loss
+        found = checkpoint.resolve_checkpoint(ckpt, prefer=("last.ckpt",))
+    except GptlabError:
+        return argv  # train() says what is wrong, in one line
+    run_dir = found.parent.parent if found.parent.name == "checkpoints" else found.parent
+    quoted = str(run_dir.resolve()).replace("\\", "\\\\").replace("'", "\\'")
+    return [*argv, f"hydra.run.dir='{quoted}'", "hydra.output_subdir=null"]
 
 
 def main() -> None:
+    sys.argv[1:] = resume_in_place(sys.argv[1:])
     cli.run(_main)
 
 

@@ -14,6 +14,7 @@ Last line: `lightning/plain tokens/s ratio: X.XX` (32-true; the bf16-mixed ratio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import os
 import statistics
@@ -23,17 +24,22 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from gptlab.data import RandomWindows, TokenFiles, prepare_tokens, read_text
-from gptlab.data.sources import SHAKESPEARE_FILE, SHAKESPEARE_SHA256, SHAKESPEARE_URL, find_or_download
+from gptlab.data.sources import SHAKESPEARE, find_or_download
 from gptlab.devices import pick_device
+from gptlab.config import register_configs
 from gptlab.lit import GPTLitModule
+from gptlab.lit.optim import AdamWConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, param_groups
+from gptlab.tokenizers import tokenizer_from_dict
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+register_configs()
+
 
 
 def sync(device: torch.device) -> None:
@@ -61,8 +67,9 @@ def loader(tokens, block: int, batch: int, seed: int, device: torch.device) -> D
 
 
 def adamw(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    # conf/optim/adamw.yaml's settings; on CUDA the fused kernel, as a tuned plain loop would use
-    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1, fused=device.type == "cuda")
+    # gptlab's AdamW settings; on CUDA the fused kernel, as a tuned plain loop would use
+    spec = dataclasses.asdict(AdamWConfig())
+    return torch.optim.AdamW(groups, **{**spec, "fused": device.type == "cuda"})
 
 
 def run_plain(cfg: GPTConfig, tokens, batch: int, steps: int, warmup: int, precision: str,
@@ -70,7 +77,7 @@ def run_plain(cfg: GPTConfig, tokens, batch: int, steps: int, warmup: int, preci
     torch.manual_seed(0)
     model = GPT(cfg).to(device).train()
     opt = adamw(param_groups(model), device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(10, warmup + steps, 0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(warmup_steps=10, total_steps=warmup + steps))
     forward = torch.compile(model) if compile else model
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed"
                 else contextlib.nullcontext())
@@ -108,10 +115,8 @@ class _Clock(L.Callback):
 def run_lightning(cfg: GPTConfig, tokenizer: dict, tokens, batch: int, steps: int, warmup: int,
                   precision: str, device: torch.device, compile: bool) -> float:
     torch.manual_seed(0)
-    module = GPTLitModule(
-        model=cfg.to_dict(), tokenizer=tokenizer, optimizer=lambda groups: adamw(groups, device),
-        scheduler={"warmup_steps": 10, "min_lr_ratio": 0.1}, compile=compile,
-    )
+    module = GPTLitModule(cfg, tokenizer=tokenizer_from_dict(tokenizer), optimizer=lambda groups: adamw(groups, device),
+                          scheduler=lambda: WarmupCosine(warmup_steps=10), compile=compile)
     clock = _Clock(warmup, device)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = L.Trainer(
@@ -143,10 +148,11 @@ def main() -> None:
 
     import logging
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    path = find_or_download(SHAKESPEARE_FILE, SHAKESPEARE_URL, SHAKESPEARE_SHA256, "data")
+    path = find_or_download(SHAKESPEARE.file, SHAKESPEARE.url, SHAKESPEARE.sha256, "data")
     files = TokenFiles.open(prepare_tokens(read_text(path), "shakespeare", {"kind": "char"}, 0.1, Path(args.cache_dir)))
-    model_yaml = yaml.safe_load((CONF / "model" / f"{args.model}.yaml").read_text())
-    cfg = GPTConfig(**{**model_yaml, "vocab_size": files.tokenizer.vocab_size})
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        model_node = compose("train", overrides=[f"model={args.model}"]).model
+    cfg = GPTConfig(**{**OmegaConf.to_container(model_node), "vocab_size": files.tokenizer.vocab_size})
     flops_tok = GPT(cfg).flops_per_token()
     print(f"model={args.model}: {GPT(cfg).num_params() / 1e6:.2f}M params, batch {args.batch_size}x{cfg.block_size}, "
           f"{flops_tok / 1e6:.1f} MFLOP/token, torch {torch.__version__}, "

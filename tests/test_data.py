@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from gptlab.data import DataError, FixedWindows, RandomWindows, TokenFiles, prepare_tokens, read_text
 from gptlab.data import cache as cache_mod
-from gptlab.data.sources import SHAKESPEARE_FILE, find_or_download, sha256_file
+from gptlab.data.sources import SHAKESPEARE, find_or_download, sha256_file
 
 CHAR = {"kind": "char"}
 
@@ -140,16 +140,16 @@ def test_download_verifies_checksum(served, tmp_path, monkeypatch):
     (root / "input.txt").write_text("to be or not to be")
     good = sha256_file(root / "input.txt")
     with pytest.raises(DataError, match="sha256"):
-        find_or_download(SHAKESPEARE_FILE, f"{url}/input.txt", "0" * 64, str(tmp_path / "d1"))
+        find_or_download(SHAKESPEARE.file, f"{url}/input.txt", "0" * 64, str(tmp_path / "d1"))
     assert not (tmp_path / "d1").exists()
-    p = find_or_download(SHAKESPEARE_FILE, f"{url}/input.txt", good, str(tmp_path / "d2"))
+    p = find_or_download(SHAKESPEARE.file, f"{url}/input.txt", good, str(tmp_path / "d2"))
     assert p.read_text() == "to be or not to be"
 
 
 def test_offline_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("GPTLAB_DATA_DIR", raising=False)
     with pytest.raises(DataError, match=r"failed .* copy the file to .*tinyshakespeare/input.txt"):
-        find_or_download(SHAKESPEARE_FILE, "http://127.0.0.1:9/input.txt", None, str(tmp_path / "d"))
+        find_or_download(SHAKESPEARE.file, "http://127.0.0.1:9/input.txt", None, str(tmp_path / "d"))
     assert not (tmp_path / "d").exists()  # nothing left behind
 
 
@@ -157,7 +157,7 @@ def test_local_copy_found_through_the_environment(tmp_path, monkeypatch):
     (tmp_path / "tinyshakespeare").mkdir()
     (tmp_path / "tinyshakespeare" / "input.txt").write_text("x")
     monkeypatch.setenv("GPTLAB_DATA_DIR", str(tmp_path))
-    assert find_or_download(SHAKESPEARE_FILE, "http://127.0.0.1:9/x", None, "/nonexistent") == \
+    assert find_or_download(SHAKESPEARE.file, "http://127.0.0.1:9/x", None, "/nonexistent") == \
         tmp_path / "tinyshakespeare" / "input.txt"
 
 

@@ -67,13 +67,27 @@ def test_generate_names_unknown_characters(run_dir):
         gpt_generate.run(cfg("generate", f"ckpt_path={run_dir}", "prompt='price: 5€'"))
 
 
-def test_eval_own_val_split_and_other_text(run_dir, tmp_path, shakespeare_text, cache_dir, monkeypatch):
+def test_eval_scores_what_the_run_scored_and_equals_its_logged_loss(run_dir, cache_dir, monkeypatch):
+    """eval runs the LightningModule's own validation on the run's windows: the same number, not a cousin."""
+    import torch
+
     monkeypatch.setenv("GPTLAB_CACHE_DIR", str(cache_dir))
     res = gpt_eval.run(cfg("eval", f"ckpt_path={run_dir}"))
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert res["loss"] == pytest.approx(float(state["best_model_score"]), abs=1e-6)
+    assert res["windows"] == 2 * 8  # the run's limit_val_batches=2 batches of data.batch_size=8
     saved = json.loads((run_dir / "checkpoints" / "eval-best-val.json").read_text())
-    assert saved == res and res["tokens"] > 100_000  # every window of the 111,540-token val split
-    assert res["perplexity"] == pytest.approx(math.exp(res["loss"]))
-    assert res["bpc"] == pytest.approx(res["loss"] / math.log(2))
+    assert saved == res
+    assert res["perplexity"] == pytest.approx(math.exp(res["loss"]), rel=1e-5)
+    assert res["bpc"] == pytest.approx(res["loss"] / math.log(2), rel=1e-5)
+
+
+def test_eval_whole_split_and_other_text(run_dir, tmp_path, shakespeare_text, cache_dir, monkeypatch):
+    monkeypatch.setenv("GPTLAB_CACHE_DIR", str(cache_dir))
+    whole = gpt_eval.run(cfg("eval", f"ckpt_path={run_dir}", "whole_split=true", "data.batch_size=512"))
+    assert whole["tokens"] == (111_540 - 1) // 32 * 32  # every window of the 111,540-token val split
+    assert (run_dir / "checkpoints" / "eval-best-val-all.json").is_file()
     (tmp_path / "other.txt").write_text(shakespeare_text[:20_000])
     other = gpt_eval.run(cfg("eval", f"ckpt_path={run_dir}", f"data.path={tmp_path / 'other.txt'}"))
     assert other["data"].endswith("other.txt") and other["tokens"] == (20_000 - 1) // 32 * 32

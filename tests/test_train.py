@@ -70,7 +70,7 @@ def test_resumed_run_continues_where_it_stopped(cfg_factory, tmp_path):
 @pytest.mark.parametrize(
     "overrides, error, message",
     [
-        (["model.n_embd=30", "model.n_head=4"], ConfigError, "not divisible by model.n_head=4"),
+        (["model.n_embd=30", "model.n_head=4"], GptlabError, "not divisible by model.n_head=4"),
         (["ckpt_path=/nonexistent/last.ckpt"], GptlabError, "does not exist"),
         (["+model.n_layers=3"], GptlabError, "unknown config key model.n_layers"),
         (["data=text", "data.path=/nonexistent.txt"], GptlabError, "does not exist"),

@@ -12,32 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable, Union
 
 import numpy as np
 
+from gptlab.files import atomic_write
 from gptlab.tokenizers import Tokenizer, tokenizer_from_dict, train_tokenizer
 
 CACHE_VERSION = 1  # bump when the on-disk format changes, so old entries are not misread
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through `write(file)` into a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cache_key(text: str, tokenizer: dict, val_fraction: float) -> str:
@@ -87,19 +71,34 @@ class TokenFiles:
 
 
 def prepare_tokens(
-    text: str, name: str, tokenizer: dict, val_fraction: float, cache_dir: Path, log: Callable[[str], None] = print
+    text: str,
+    name: str,
+    tokenizer: Union[dict, Tokenizer],
+    val_fraction: float,
+    cache_dir: Path,
+    log: Callable[[str], None] = print,
 ) -> Path:
-    """Return the cache entry for this text and tokenizer, building it first if needed."""
+    """Return the cache entry for this text and tokenizer, building it first if needed.
+
+    tokenizer: settings (a dict with "kind") to train one on this text, or a ready Tokenizer to use as is
+    (a checkpoint's, for evaluating it on other text).
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    d = Path(cache_dir) / f"{name}-{cache_key(text, tokenizer, val_fraction)}"
+    given = tokenizer if isinstance(tokenizer, Tokenizer) else None
+    key_of_tokenizer = given.to_dict() if given is not None else tokenizer
+    d = Path(cache_dir) / f"{name}-{cache_key(text, key_of_tokenizer, val_fraction)}"  # type: ignore[arg-type]
     if (d / "meta.json").is_file():
         return d
     train_text, val_text = split_text(text, val_fraction)
-    settings = {k: v for k, v in tokenizer.items() if k != "kind"}
-    # a char vocabulary comes from the whole corpus (as nanoGPT), else val characters would be unknown;
-    # a trained tokenizer (BPE) sees the training split only, so nothing of val leaks into it
-    tok = train_tokenizer(tokenizer["kind"], text if tokenizer["kind"] == "char" else train_text, **settings)
+    if given is not None:
+        tok = given
+    else:
+        assert isinstance(tokenizer, dict)
+        settings = {k: v for k, v in tokenizer.items() if k != "kind"}
+        # a char vocabulary comes from the whole corpus (as nanoGPT), else val characters would be unknown;
+        # a trained tokenizer (BPE) sees the training split only, so nothing of val leaks into it
+        tok = train_tokenizer(tokenizer["kind"], text if tokenizer["kind"] == "char" else train_text, **settings)
     log(f"tokenizing {len(text):,} characters with a {tok.kind} tokenizer of {tok.vocab_size:,} tokens into {d}")
     splits = {"train": encode(tok, train_text), "val": encode(tok, val_text)}
     for split, ids in splits.items():

@@ -1,76 +1,90 @@
-"""The LightningDataModule: text -> cached token files (once) -> batches of windows."""
+"""The LightningDataModule: text -> cached token files (once per node) -> batches of windows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from gptlab.data.cache import TokenFiles, prepare_tokens
-from gptlab.data.sources import SHAKESPEARE_FILE, DataError, find_or_download, read_text
+from gptlab.data.sources import SHAKESPEARE, DataError, find_or_download, read_text
 from gptlab.data.windows import FixedWindows, RandomWindows
 from gptlab.tokenizers import Tokenizer
+
+
+@dataclass
+class DataConfig:
+    """What to train on and how it is batched (`data=...`). Paths, block size and seed come from their own
+    settings (paths.*, model.block_size, seed) and are handed to the TextDataModule beside this."""
+
+    path: Optional[str] = None  # a UTF-8 file or a folder of .txt files; None: Tiny Shakespeare
+    url: Optional[str] = None  # Tiny Shakespeare's download address when not on disk; None: its usual one
+    val_fraction: float = 0.1  # the last 10% of the text is the validation split
+    batch_size: int = 64
+    val_batch_size: Optional[int] = None  # None: batch_size; evaluation holds no gradients, so larger is fine
+    num_workers: int = 0  # batches are cheap numpy gathers; workers only pay off on fast GPUs
+    prepare_data_per_node: bool = True  # tokenize once per node (False: once in all, on a shared filesystem)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise DataError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("batch_size", "val_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DataError(f"data.{name} must be >= 1, got {value}")
+        if self.num_workers < 0:
+            raise DataError(f"data.num_workers must be >= 0, got {self.num_workers}")
 
 
 class TextDataModule(L.LightningDataModule):
     """Serves windows of a char- or BPE-tokenized corpus.
 
-    source="shakespeare": Tiny Shakespeare, found under the data dirs or downloaded (checksum verified).
-    source="text": `path`, a UTF-8 file or a folder of .txt files.
+    The text is Tiny Shakespeare (found under the data dirs, or downloaded with its checksum verified)
+    unless `config.path` names a file or folder. Lightning calls `prepare_data` (tokenize into the cache)
+    once per node, or once in all, then `setup` on every rank, which opens the ready token files.
     """
 
     def __init__(
         self,
-        source: str = "shakespeare",
-        path: Optional[str] = None,
-        url: Optional[str] = None,
-        sha256: Optional[str] = None,
+        config: DataConfig,
+        tokenizer: Union[dict, Tokenizer],
+        block_size: int,
+        seed: int,
+        cache_dir: Union[str, Path],
         data_dir: Optional[str] = None,
-        cache_dir: str = "data/cache",
-        tokenizer: Optional[dict] = None,
-        val_fraction: float = 0.1,
-        block_size: int = 128,
-        batch_size: int = 64,
-        val_batch_size: Optional[int] = None,
-        num_workers: int = 0,
-        seed: int = 0,
     ) -> None:
         super().__init__()
-        if source not in ("shakespeare", "text"):
-            raise DataError(f"data.source={source!r} is not one of: shakespeare, text")
-        if source == "text" and not path:
-            raise DataError("data=text needs a file: add data.path=FILE_OR_FOLDER")
-        self.source, self.path, self.url, self.sha256 = source, path, url, sha256
-        self.data_dir, self.cache_dir = data_dir, Path(cache_dir)
-        self.tokenizer_cfg = dict(tokenizer or {"kind": "char"})
-        self.val_fraction, self.block_size, self.batch_size = val_fraction, block_size, batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.num_workers, self.seed = num_workers, seed
-        self._entry: Optional[Path] = None
+        self.config = config
+        self.tokenizer_spec = tokenizer  # settings to train one, or a ready tokenizer (a checkpoint's)
+        self.block_size, self.seed = block_size, seed
+        self.cache_dir, self.data_dir = Path(cache_dir), data_dir
+        self.prepare_data_per_node = config.prepare_data_per_node
         self.files: Optional[TokenFiles] = None
 
     def _text(self) -> tuple[str, str]:
-        if self.source == "shakespeare":
-            assert self.url is not None
-            p = find_or_download(SHAKESPEARE_FILE, self.url, self.sha256, self.data_dir)
-            return read_text(p), "shakespeare"
-        p = Path(self.path).expanduser()  # type: ignore[arg-type]
+        if self.config.path is None:
+            p = find_or_download(SHAKESPEARE.file, self.config.url or SHAKESPEARE.url, SHAKESPEARE.sha256,
+                                 self.data_dir)
+            return read_text(p), SHAKESPEARE.name
+        p = Path(self.config.path).expanduser()
         return read_text(p), p.stem or "text"
+
+    def _entry(self) -> Path:
+        text, name = self._text()
+        return prepare_tokens(text, name, self.tokenizer_spec, self.config.val_fraction, self.cache_dir)
 
     def prepare_data(self) -> None:
         """Find (or download) the text and tokenize it into the cache; cheap when the entry exists."""
-        if self._entry is None:
-            text, name = self._text()
-            self._entry = prepare_tokens(text, name, self.tokenizer_cfg, self.val_fraction, self.cache_dir)
+        self._entry()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.files is not None:
             return
-        self.prepare_data()  # on ranks that skipped prepare_data this only locates the (ready) entry
-        files = TokenFiles.open(self._entry)  # type: ignore[arg-type]
+        files = TokenFiles.open(self._entry())  # the entry is ready: this only hashes the text to find it
         need = self.block_size + 1
         for split in ("train", "val"):
             n = len(getattr(files, split))
@@ -86,17 +100,23 @@ class TextDataModule(L.LightningDataModule):
         assert self.files is not None, "call setup() first"
         return self.files.tokenizer
 
+    @property
+    def val_tokens_per_char(self) -> float:
+        assert self.files is not None, "call setup() first"
+        return self.files.val_tokens_per_char
+
     def train_dataloader(self) -> DataLoader:
         assert self.files is not None
         trainer = self.trainer
         # resuming: skip the batches the checkpointed run already trained on
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
         rank = trainer.global_rank if trainer else 0
-        ds = RandomWindows(self.files.train, self.block_size, self.batch_size, self.seed, rank, start)
-        return DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0)
+        ds = RandomWindows(self.files.train, self.block_size, self.config.batch_size, self.seed, rank, start)
+        return DataLoader(ds, batch_size=None, num_workers=self.config.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.config.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         assert self.files is not None
-        return DataLoader(FixedWindows(self.files.val, self.block_size), batch_size=self.val_batch_size,
-                          shuffle=False, num_workers=self.num_workers)
+        return DataLoader(FixedWindows(self.files.val, self.block_size),
+                          batch_size=self.config.val_batch_size or self.config.batch_size, shuffle=False,
+                          num_workers=self.config.num_workers)

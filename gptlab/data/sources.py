@@ -6,6 +6,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -14,9 +15,24 @@ from tqdm.auto import tqdm
 from gptlab.errors import GptlabError
 
 DATA_DIR_ENV = "GPTLAB_DATA_DIR"
-SHAKESPEARE_FILE = Path("tinyshakespeare") / "input.txt"
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+@dataclass(frozen=True)
+class NamedText:
+    """A public text gptlab knows: where it sits under a data dir, where to download it, its checksum."""
+
+    name: str
+    file: Path
+    url: str
+    sha256: str
+
+
+SHAKESPEARE = NamedText(
+    name="shakespeare",
+    file=Path("tinyshakespeare") / "input.txt",
+    url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+)
 
 
 class DataError(GptlabError):

@@ -1,4 +1,5 @@
-"""Callbacks: text samples in TensorBoard, throughput, the HPARAMS view, and a progress bar for log files."""
+"""Callbacks: text samples in TensorBoard, the final validation, a time-budgeted lr schedule, throughput,
+the HPARAMS view, and a progress bar for log files."""
 
 from __future__ import annotations
 
@@ -7,40 +8,30 @@ import time
 from typing import Any, Optional
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlab.model import generate
+from gptlab.model import SamplingConfig, complete
 
 
 def _tensorboard(trainer: L.Trainer) -> Optional[TensorBoardLogger]:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
-def sample_text(module: Any, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
-    """Continue `prompt` with the module's model and tokenizer; returns prompt + continuation."""
-    tok = module.tokenizer
-    ids = tok.encode(prompt) if prompt else [tok.eot_id if tok.eot_id is not None else 0]
-    idx = torch.tensor([ids], dtype=torch.long, device=module.device)
-    gen = torch.Generator(device=module.device).manual_seed(seed)
-    out = generate(module.model, idx, max_new_tokens, temperature=temperature, generator=gen,
-                   vocab_size=tok.vocab_size)
-    return tok.decode(out[0].tolist())
-
-
 class TextSamples(Callback):
     """After each validation, generate a sample and write it to TensorBoard's TEXT tab."""
 
-    def __init__(self, prompt: str = "\n", max_new_tokens: int = 300, temperature: float = 0.8, seed: int = 0):
-        self.prompt, self.max_new_tokens, self.temperature, self.seed = prompt, max_new_tokens, temperature, seed
+    def __init__(self, prompt: str, max_new_tokens: int, seed: int) -> None:
+        self.prompt, self.seed = prompt, seed
+        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens)
         self.last: Optional[str] = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        self.last = sample_text(pl_module, self.prompt, self.max_new_tokens, self.temperature, self.seed)
+        (text,) = complete(pl_module.model, pl_module.tokenizer, self.prompt, self.sampling, seed=self.seed)
+        self.last = self.prompt + text
         tb = _tensorboard(trainer)
         if tb is not None:
             # TensorBoard renders markdown: indent by four spaces to keep line breaks as written
@@ -58,6 +49,38 @@ class FinalValidation(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class TimeBudgetSchedule(Callback):
+    """With a time budget and no step budget (`trainer.max_steps=-1 trainer.max_time=...`), re-aim the
+    cosine after every step at the step where time will run out, so the lr still anneals to its floor:
+    total = now + remaining time x measured steps per second (validation included)."""
+
+    def __init__(self, max_time: Optional[str]) -> None:
+        self.budget_s = _seconds(max_time) if max_time else None
+        self._start: Optional[tuple[float, int]] = None  # (clock, step) where step timing began
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0, self._start = time.monotonic(), None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        schedule = getattr(pl_module, "schedule", None)
+        if self.budget_s is None or trainer.max_steps > 0 or schedule is None:
+            return
+        now, step = time.monotonic(), trainer.global_step
+        if self._start is None or step <= self._start[1]:
+            self._start = (now, step)  # start timing after the first step (it pays one-off costs)
+            return
+        t0, s0 = self._start
+        remaining = max(0.0, self.budget_s - (now - self._t0))
+        rate = (step - s0) / max(now - t0, 1e-9)
+        schedule.total_steps = max(step + 1, int(step + remaining * rate))
+
+
+def _seconds(max_time: str) -> float:
+    """"DD:HH:MM:SS" -> seconds, as Lightning reads trainer.max_time."""
+    d, h, m, s = (int(x) for x in max_time.split(":"))
+    return ((d * 24 + h) * 60 + m) * 60 + s
 
 
 class Throughput(Callback):
@@ -80,6 +103,17 @@ class Throughput(Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.t0, self.tokens = None, 0  # evaluation time is not training time
+
+
+class RunSummary(Callback):
+    """Says what is being trained, once the model exists (it is built in setup, from the data's tokenizer)."""
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        m, c = pl_module.model, pl_module.config
+        print(f"model: {m.num_params() / 1e6:.2f}M parameters (+{m.transformer.wpe.weight.numel() / 1e6:.2f}M "
+              f"position table), vocab {c.vocab_size} ({pl_module.tokenizer.kind}), context {c.block_size}",
+              flush=True)
 
 
 class HparamsSummary(Callback):
@@ -143,10 +177,10 @@ class LineProgressBar(ProgressBar):
             print(f"step {trainer.global_step} validation  {self._metrics(trainer, pl_module, 'val')}", flush=True)
 
 
-def progress_bar(mode: str = "auto", every_n_steps: int = 50, refresh_rate: int = 1) -> ProgressBar:
+def progress_bar(mode: str, every_n_steps: int) -> ProgressBar:
     """`tqdm`: Lightning's redrawn bar; `lines`: LineProgressBar; `auto`: tqdm on a terminal, lines otherwise."""
     if mode not in ("auto", "tqdm", "lines"):
         raise ValueError(f"callbacks.progress_bar.mode={mode!r} is not one of: auto, tqdm, lines")
     if mode == "tqdm" or (mode == "auto" and sys.stdout.isatty()):
-        return TQDMProgressBar(refresh_rate=refresh_rate)
+        return TQDMProgressBar()
     return LineProgressBar(every_n_steps)

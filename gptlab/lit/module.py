@@ -2,59 +2,81 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
 from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Timer
 from torchmetrics import MeanMetric
 
+from gptlab import checkpoint
+from gptlab.errors import GptlabError
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, param_groups
-from gptlab.tokenizers import tokenizer_from_dict
-
-CHECKPOINT_FORMAT = 1
+from gptlab.tokenizers import Tokenizer
 
 
 class GPTLitModule(L.LightningModule):
-    """Wraps a GPT for training.
+    """Wraps a GPT for training and validation.
 
-    Its hyperparameters (saved in every checkpoint) are plain values: the model config, the tokenizer and
-    where the data came from, so a checkpoint alone rebuilds the model and tokenizer
-    (`gptlab.checkpoint.load`) and finds its validation split again (`gptlab.eval`). The optimizer arrives as a factory
-    (Hydra's `_partial_: true`), taking the parameter groups.
+    The model is built once its vocabulary is known: at once when a tokenizer is given (or taken as it is,
+    `gpt=`, a checkpoint's), otherwise in `setup` from the datamodule's, after Lightning has had the data prepared (once per node).
+    The optimizer and the lr schedule arrive as factories (Hydra's `_partial_: true`): the optimizer takes
+    the parameter groups, the schedule nothing. Every checkpoint carries `checkpoint.record(...)`: the model
+    spec, the tokenizer and the run's config, so the file alone rebuilds the model and resumes the run.
     """
 
     def __init__(
         self,
-        model: dict,
-        tokenizer: dict,
+        model: GPTConfig,
         optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
-        scheduler: Optional[dict] = None,
-        val_tokens_per_char: float = 1.0,
-        data: Optional[dict] = None,
+        scheduler: Optional[Callable[[], WarmupCosine]] = None,
         compile: bool = False,
+        tokenizer: Optional[Tokenizer] = None,
+        run_config: Optional[dict] = None,
+        val_tokens_per_char: float = 1.0,
+        gpt: Optional[GPT] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer"], logger=False)
-        self.config = GPTConfig(**model)
-        self.model = GPT(self.config)
-        self.tokenizer = tokenizer_from_dict(tokenizer)
-        self.optimizer_factory = optimizer
-        self.scheduler_cfg = dict(scheduler or {})
+        self.config = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.compile, self.run_config = compile, run_config or {}
         self.val_tokens_per_char = val_tokens_per_char
+        self.model: Optional[GPT] = None
+        self.tokenizer: Optional[Tokenizer] = None
+        if gpt is not None:  # a trained one (a checkpoint's), with its tokenizer
+            self.tokenizer, self.model = tokenizer, gpt
+        elif tokenizer is not None:
+            self.build(tokenizer)
         self.val_loss = MeanMetric()
         # torch.compile's wrapper is kept in a list, not as an attribute, so it is not registered as a
         # submodule: the state_dict keeps the plain `model.*` keys and a compiled run's checkpoint loads anywhere
         self._compiled: list[Callable] = []
         self.best_val, self.best_step = math.inf, None  # lowest val/loss of this run, and its step
         self.schedule: Optional[WarmupCosine] = None
-        self._by_time: Optional[tuple[float, int]] = None  # (clock, step) where step timing began
+
+    def build(self, tokenizer: Tokenizer) -> None:
+        """Build the GPT for this tokenizer: model.vocab_size defaults to the tokenizer's; a larger one (padded
+        to a multiple of 64, say) is kept."""
+        vocab = self.config.vocab_size
+        if vocab is None:
+            self.config = dataclasses.replace(self.config, vocab_size=tokenizer.vocab_size)
+        elif vocab < tokenizer.vocab_size:
+            raise GptlabError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} "
+                              "tokens: remove the override (it defaults to the tokenizer's) or raise it")
+        self.tokenizer, self.model = tokenizer, GPT(self.config)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]
+        if self.model is None:
+            self.build(dm.tokenizer)
+        if dm is not None and hasattr(dm, "val_tokens_per_char"):
+            self.val_tokens_per_char = dm.val_tokens_per_char
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
-        if self.hparams.get("compile") and not self._compiled:
+        assert self.model is not None, "the model is built in setup() or from a tokenizer"
+        if self.compile and not self._compiled:
             self._compiled.append(torch.compile(self.model))
         return (self._compiled[0] if self._compiled else self.model)(idx, targets)
 
@@ -82,36 +104,16 @@ class GPTLitModule(L.LightningModule):
         self.log("step", float(self.global_step), sync_dist=True)
 
     def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise RuntimeError("GPTLitModule was built without an optimizer factory; it can only run inference")
+        if self.optimizer_factory is None or self.scheduler_factory is None:
+            raise RuntimeError("GPTLitModule was built without an optimizer or schedule; it can only run inference")
+        assert self.model is not None
         optimizer = self.optimizer_factory(param_groups(self.model))
-        cfg = self.scheduler_cfg
-        total = cfg.get("total_steps") or self.trainer.max_steps
-        if total is None or total <= 0:  # no step budget: the schedule follows trainer.max_time instead
-            if self._timer() is None:
-                raise ValueError("the lr schedule needs trainer.max_steps, scheduler.total_steps or trainer.max_time")
-            total = 1 << 40  # until the step rate is known (on_train_batch_end)
-            self._by_time = (0.0, -1)
-        self.schedule = WarmupCosine(int(cfg.get("warmup_steps", 0)), int(total), float(cfg.get("min_lr_ratio", 0.1)))
+        self.schedule = self.scheduler_factory()
+        if self.schedule.total_steps is None and self.trainer.max_steps > 0:
+            self.schedule.total_steps = self.trainer.max_steps  # else a time budget aims it (TimeBudgetSchedule)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
-    def _timer(self) -> Optional[Timer]:
-        return next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)  # type: ignore[attr-defined]
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """With a time budget, re-aim the cosine at the step where time will run out, so the lr still
-        anneals to its floor: total = now + remaining time x measured steps per second (validation included)."""
-        if self._by_time is None or self.schedule is None:
-            return
-        now, step = time.monotonic(), self.trainer.global_step
-        t0, s0 = self._by_time
-        if s0 < 0 or step <= s0:
-            self._by_time = (now, step)  # start timing after the first step (it pays one-off costs)
-            return
-        remaining = self._timer().time_remaining() or 0.0  # type: ignore[union-attr]
-        rate = (step - s0) / max(now - t0, 1e-9)
-        self.schedule.total_steps = max(step + 1, int(step + remaining * rate))
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["gptlab"] = {"format": CHECKPOINT_FORMAT}
+    def on_save_checkpoint(self, ckpt: dict) -> None:
+        assert self.model is not None and self.tokenizer is not None
+        ckpt["gptlab"] = checkpoint.record(self.config, self.tokenizer, self.run_config, self.val_tokens_per_char)

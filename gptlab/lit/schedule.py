@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 
+@dataclass
 class WarmupCosine:
-    """lr(step) = base_lr * factor(step). A plain object (not a lambda) so LambdaLR can checkpoint it."""
+    """lr(step) = base_lr * self(step). The config (`scheduler=warmup_cosine`) is a `_partial_` of this class;
+    the LightningModule calls it and wraps the result in a LambdaLR (a plain object, not a lambda, so it
+    is checkpointed with the run)."""
 
-    def __init__(self, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1) -> None:
-        if total_steps < 1:
-            raise ValueError(f"the lr schedule needs total_steps >= 1, got {total_steps}: set trainer.max_steps")
-        self.warmup_steps = max(0, min(warmup_steps, total_steps))
-        self.total_steps = total_steps
-        self.min_lr_ratio = min_lr_ratio
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the lr ends at min_lr_ratio * optim.lr
+    total_steps: Optional[int] = None  # steps of the cosine; None: trainer.max_steps (or a time budget's)
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"scheduler.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"scheduler.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise ValueError(f"scheduler.total_steps must be >= 1 (or null), got {self.total_steps}")
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if step >= self.total_steps:
+        total = self.total_steps if self.total_steps is not None else 1 << 40  # until a time budget aims it
+        warmup = min(self.warmup_steps, total)
+        if step < warmup:
+            return (step + 1) / warmup
+        if step >= total:
             return self.min_lr_ratio
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        progress = (step - warmup) / max(1, total - warmup)
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine

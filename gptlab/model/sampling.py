@@ -1,12 +1,36 @@
-"""Autoregressive generation: temperature, top-k and nucleus (top-p) sampling, with or without a KV cache."""
+"""Autoregressive generation: temperature, top-k and nucleus (top-p) sampling, with or without a KV cache.
+
+`complete` is the one path from a prompt to text: `gptlab.generate`, the training samples and the
+end-of-run sample all call it, so they treat prompts, end-of-text and padded vocabularies alike.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
 from gptlab.model.gpt import GPT
+
+if TYPE_CHECKING:  # the model knows tokenizers only by this interface
+    from gptlab.tokenizers import Tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    """How text is sampled from a model."""
+
+    max_new_tokens: int = 500
+    temperature: float = 0.8  # 0: greedy (always the most likely token)
+    top_k: Optional[int] = 200  # sample among the k most likely tokens; null: all
+    top_p: Optional[float] = None  # nucleus sampling, in (0, 1]
+    use_cache: bool = True  # KV cache: read the prompt once, then one token per step
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        check_sampling(self.temperature, self.top_k, self.top_p)
 
 
 def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
@@ -16,6 +40,59 @@ def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[flo
         raise ValueError(f"top_k must be >= 1 (or null to keep every token), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
+
+
+def prompt_ids(tokenizer: "Tokenizer", prompt: str) -> list[int]:
+    """The prompt's token ids; an empty prompt starts from the end-of-text token, where there is one."""
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:
+        if tokenizer.eot_id is None:
+            raise ValueError("the prompt is empty and this tokenizer has no start token")
+        ids = [tokenizer.eot_id]
+    return ids
+
+
+def complete(
+    model: GPT,
+    tokenizer: "Tokenizer",
+    prompt: str,
+    sampling: SamplingConfig = SamplingConfig(),
+    num_samples: int = 1,
+    seed: int = 1337,
+    on_text: Optional[Callable[[str], None]] = None,
+) -> list[str]:
+    """Continue `prompt` num_samples times (one batch); return each continuation (without the prompt),
+    cut at the end-of-text token. on_text: called with each new piece of text of the first sample as
+    it is generated (whole characters only), for streaming."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    device = model.transformer.wte.weight.device
+    ids = prompt_ids(tokenizer, prompt)
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    decoder = tokenizer.decoder()
+    eot = tokenizer.eot_id
+    stopped = False  # the first sample reached end-of-text: nothing more of it is shown
+
+    def on_token(nxt: torch.Tensor) -> None:
+        nonlocal stopped
+        token = int(nxt[0, 0])
+        stopped = stopped or token == eot
+        if on_text is not None and not stopped:
+            on_text(decoder.push(token))
+
+    out = generate(model, idx, sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                   top_p=sampling.top_p, generator=gen, use_cache=sampling.use_cache, stop_token=eot,
+                   on_token=on_token, vocab_size=tokenizer.vocab_size)
+    if on_text is not None:
+        on_text(decoder.flush())
+    texts = []
+    for row in out.tolist():
+        new = row[len(ids):]
+        if eot is not None and eot in new:
+            new = new[: new.index(eot)]
+        texts.append(tokenizer.decode(new))
+    return texts
 
 
 def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Optional[float] = None) -> torch.Tensor:
@@ -71,9 +148,9 @@ def generate(
     last 3/4 of a block is read again into a fresh cache (positions are absolute, so old keys cannot be
     shifted). Generation stops early once every row has produced stop_token. vocab_size: sample only
     ids below it, for a model whose vocabulary is padded past its tokenizer's (the padding ids are
-    never trained towards, and an untrained model would pick them).
+    never trained towards, and an untrained model would pick them). The settings are checked where they
+    are read (SamplingConfig).
     """
-    check_sampling(temperature, top_k, top_p)
     block = model.config.block_size
     was_training = model.training
     model.eval()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 
@@ -14,6 +14,12 @@ class TokenizerError(ValueError):
 
 class Tokenizer(ABC):
     kind: ClassVar[str]  # the name in configs and in saved JSON ("char", "bpe")
+    settings: ClassVar[type]  # the typed spec of `train`'s settings: a dataclass with the defaults
+
+    @classmethod
+    @abstractmethod
+    def train(cls, text: str, **settings: Any) -> "Tokenizer":
+        """Build a tokenizer from a corpus; settings are the fields of `cls.settings`."""
 
     @property
     @abstractmethod

@@ -32,10 +32,11 @@ import json
 import re
 import unicodedata
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from itertools import accumulate, chain, repeat
 from os import PathLike
 from pathlib import Path
-from typing import Collection, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar, Collection, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -54,6 +55,17 @@ __all__ = [
 
 EOT = "<|endoftext|>"
 MAX_VOCAB_SIZE = 1 << 16  # ids fit in uint16, which the token cache uses for vocabularies this size
+
+
+@dataclass
+class BPEConfig:
+    """Settings of a byte-level BPE trained on the corpus (`tokenizer=bpe`)."""
+
+    kind: str = "bpe"
+    vocab_size: int = 4096  # 256 bytes + merges + special tokens; up to 65,536
+    special_tokens: list[str] = field(default_factory=lambda: [EOT])
+    min_frequency: int = 2  # stop merging pairs seen fewer times than this
+    show_progress: bool = True
 
 # GPT-2's split rule, as GPT-2 and Hugging Face's ByteLevel pre-tokenizer write it (with the `regex`
 # package or Oniguruma, which know \p{L} "any letter" and \p{N} "any number"). Python's `re` knows neither,
@@ -266,6 +278,7 @@ class ByteLevelBPE(Tokenizer):
     """
 
     kind = "bpe"
+    settings = BPEConfig
 
     def __init__(
         self, vocab: Mapping[int, bytes], merges: Sequence[tuple[int, int]], special_tokens: Mapping[str, int] = {}
@@ -432,16 +445,10 @@ class ByteLevelBPE(Tokenizer):
     # -- training
 
     @classmethod
-    def train(
-        cls,
-        text: str,
-        vocab_size: int = 4096,
-        special_tokens: Optional[Sequence[str]] = (EOT,),
-        min_frequency: int = 2,
-        show_progress: bool = True,
-    ) -> "ByteLevelBPE":
+    def train(cls, text: str, **settings: Any) -> "ByteLevelBPE":
         """Learn merges on text until there are vocab_size tokens in all (256 bytes + merges + specials).
 
+        settings: the fields of `BPEConfig` (its defaults apply to what is not given).
         Ids: the bytes 0..255 in byte order, then the merges in the order learnt, then special_tokens in
         the order given (so "<|endoftext|>" alone is the last id). vocab_size is at most 65,536.
 
@@ -451,6 +458,9 @@ class ByteLevelBPE(Tokenizer):
         the text are taken out before counting: they separate documents and are never part of a merge.
         show_progress: a progress bar on a terminal (never when stderr is not one).
         """
+        spec = BPEConfig(**{"kind": cls.kind, **settings})
+        vocab_size, special_tokens = spec.vocab_size, spec.special_tokens
+        min_frequency, show_progress = spec.min_frequency, spec.show_progress
         special_tokens = list(special_tokens or ())
         if len(set(special_tokens)) != len(special_tokens):
             raise TokenizerError(f"special tokens repeat: {special_tokens}")

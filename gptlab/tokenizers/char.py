@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from gptlab.tokenizers.base import Tokenizer, TokenizerError
 
 
+@dataclass
+class CharConfig:
+    """A char tokenizer has nothing to set: its vocabulary is the corpus's distinct characters."""
+
+    kind: str = "char"
+
+
 class CharTokenizer(Tokenizer):
     kind = "char"
+    settings = CharConfig
 
     def __init__(self, chars: Sequence[str]) -> None:
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
@@ -19,7 +28,8 @@ class CharTokenizer(Tokenizer):
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def train(cls, text: str) -> "CharTokenizer":
+    def train(cls, text: str, **settings: Any) -> "CharTokenizer":
+        CharConfig(**{"kind": cls.kind, **settings})  # no settings: an unknown one is an error
         return cls(sorted(set(text)))
 
     @property

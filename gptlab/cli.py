@@ -1,22 +1,29 @@
-"""Running a Hydra entry point so that user mistakes end in one clear line, not a traceback."""
+"""Running a Hydra entry point as a newcomer expects: free text taken as typed, user mistakes in one clear
+line (not a traceback), `--help` that lists what this entry point takes, and no empty run folder left by
+a run that failed before it started."""
 
 from __future__ import annotations
 
 import functools
 import os
+import re
+import shutil
 import sys
-from typing import Callable, NoReturn, TypeVar
+from pathlib import Path
+from typing import Callable, NoReturn, Optional, Sequence, TypeVar
 
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from gptlab.config import literal
 from gptlab.errors import GptlabError
 from gptlab.model import ConfigError
 from gptlab.tokenizers import TokenizerError
 
 T = TypeVar("T")
 COMMAND = "python -m gptlab.train"  # the entry point being run, for hints; set by run()
+COMMAND_ENV = "GPTLAB_COMMAND"  # how the user typed it (`gptlab train`), set by the `gptlab` front door
 USER_ERRORS = (GptlabError, ConfigError, TokenizerError, HydraException, OmegaConfBaseException)
 
 
@@ -33,9 +40,11 @@ def one_line(ex: BaseException) -> str:
             text += " This machine has no GPU: use trainer=cpu (or trainer.accelerator=cpu)."
         return text
     cause = ex.__cause__
+    if str(ex).startswith("Could not override") and "No match in the defaults list" in str(ex):
+        return f"{COMMAND} has no option {str(ex).split(chr(39))[1]}: {COMMAND} --help lists what it takes"
     if str(ex).startswith("Could not override") and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         key = str(ex).split("'")[1]
-        return f"unknown config key {key}: check its spelling | every key: {COMMAND} --cfg job"
+        return f"unknown config key {key}: check its spelling | {COMMAND} --help lists what it takes"
     parts = [str(ex)]
     if isinstance(ex, HydraException) and isinstance(cause, OmegaConfBaseException):
         parts.append(str(cause).splitlines()[0] if str(cause) else "")
@@ -47,15 +56,50 @@ def one_line(ex: BaseException) -> str:
     return text
 
 
-def run(hydra_main: Callable[[], object]) -> None:
+def quote(text: str) -> str:
+    """`text` as a Hydra quoted string that Hydra and OmegaConf turn back into exactly `text`."""
+    text = literal(text)  # for OmegaConf
+    # Hydra: inside '...' a backslash escapes only a quote or the closing quote; double those runs
+    text = re.sub(r"(\\*)('|\Z)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    return f"'{text}'"
+
+
+def verbatim(argv: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """Free text reaches the config as typed: `key=ANY TEXT`, `--key ANY TEXT` and `--key=ANY TEXT` become
+    Hydra quoted strings for the keys that take free text (prompts, messages, paths). A value already
+    written in Hydra's quotes (`'prompt="..."'`) is left as it is."""
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        flag = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
+        if flag in keys:
+            value = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
+            out.append(f"{flag}={quote(value)}")
+            continue
+        key, eq, value = arg.partition("=")
+        if eq and key in keys and not (len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""):
+            arg = f"{key}={quote(value)}"
+        out.append(arg)
+    return out
+
+
+def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (), help: Optional[str] = None) -> None:
     """Call a @hydra.main function; a user error prints `error: ...` on stderr and exits with status 2.
 
+    free_text: the keys whose values are taken as typed (see `verbatim`). help: the text `--help` prints.
     Hydra catches exceptions itself and prints them over several lines unless HYDRA_FULL_ERROR is set;
     we set it so they reach us. If you set HYDRA_FULL_ERROR yourself, you get the full traceback.
     Processes a gptlab command starts (DDP ranks) inherit its choice through GPTLAB_TRACEBACK.
     """
     global COMMAND
-    COMMAND = f"python -m {hydra_main.__module__}"
+    module = hydra_main.__module__
+    if module == "__main__":  # run with -m: the module's real name is in its spec
+        module = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", module)
+    COMMAND = os.environ.get(COMMAND_ENV) or f"python -m {module}"
+    if help is not None and {"-h", "--help"} & set(sys.argv[1:]):
+        print(help.replace("{command}", COMMAND))
+        sys.exit(0)
+    sys.argv[1:] = verbatim(sys.argv[1:], free_text)
     inherited = os.environ.get("GPTLAB_TRACEBACK")
     wants_traceback = inherited == "1" if inherited is not None else os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["GPTLAB_TRACEBACK"] = "1" if wants_traceback else "0"
@@ -85,8 +129,28 @@ def reports_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]
         try:
             return task(cfg)
         except USER_ERRORS as ex:
+            remove_if_unused(cfg)
             if os.environ.get("GPTLAB_TRACEBACK") == "1":
                 raise
             fail(ex)
 
     return wrapper
+
+
+def remove_if_unused(cfg: DictConfig) -> None:
+    """A run that failed before it started leaves no folder: Hydra made the run dir (with .hydra/ and a log)
+    before the job ran; if nothing else was written there, take it away again."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # not under Hydra's main (tests call the task with a composed config)
+        return
+    if out.resolve() == Path.cwd().resolve() or not out.is_dir():
+        return
+    made_by_hydra = {".hydra"} | {p.name for p in out.glob("*.log")}
+    if all(p.name in made_by_hydra for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+        for parent in (out.parent, out.parent.parent):  # outputs/<date>/ too, if this was its only run
+            if parent.name and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()

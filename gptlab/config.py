@@ -11,6 +11,7 @@ checked again, values included, when it is turned into its spec (`to_spec`).
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -61,7 +62,7 @@ class TrainConfig:
     callbacks: Any = None  # name -> a callback config with _target_
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 1337
+    seed: int = 1337  # seeds the weights, the order of the data and the samples
     ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
     compile: bool = False  # torch.compile the model (pays off on GPUs; on a small CPU model it costs more than it saves)
@@ -73,12 +74,19 @@ class GenerateConfig(SamplingConfig):
     """python -m gptlab.generate: sample text from a checkpoint."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
-    prompt: str = "\n"
+    prompt: str = "\n"  # the text the model continues, taken as typed
     prompt_file: Optional[str] = None  # read the prompt from this file instead
     num_samples: int = 1  # sampled together as one batch
-    seed: int = 1337
+    seed: int = 1337  # the same seed and settings give the same samples
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
     dtype: Optional[str] = None  # None: the checkpoint's (float32); or bfloat16, float16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype} is not one of float32, bfloat16, float16")
 
 
 @dataclass
@@ -86,15 +94,19 @@ class EvalDataConfig:
     path: Optional[str] = None  # None: the checkpoint's own validation split
     batch_size: Optional[int] = None  # None: the run's validation batch size
 
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+
 
 @dataclass
 class EvalConfig:
     """python -m gptlab.eval: loss, perplexity and bits per character of a checkpoint."""
 
-    ckpt_path: str = MISSING
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     whole_split: bool = False  # score every window, not only the ones the run's validation scored
-    device: str = "auto"
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
     paths: DataPaths = field(default_factory=DataPaths)
 
 
@@ -107,7 +119,7 @@ def with_target(spec: type, target: str, partial: bool = False) -> type:
         extra.append(("_partial_", bool, field(default=True)))
     own = [(f.name, hints[f.name], field(default=f.default) if f.default is not MISSING_FIELD
             else field(default_factory=f.default_factory)) for f in fields(spec)]  # type: ignore[misc]
-    return make_dataclass(f"{spec.__name__}Node", extra + own)
+    return make_dataclass(f"{spec.__name__}Node", extra + own, namespace={"__doc__": spec.__doc__})
 
 
 # group options that are a spec's defaults as they are: no YAML file restates them
@@ -121,13 +133,47 @@ DEFAULT_OPTIONS: dict[tuple[str, str], type] = {
 }
 
 
+def run_name() -> str:
+    """What tells this run apart in TensorBoard's run list: its command-line overrides (`model=nano,optim.lr=3e-4`),
+    or "" for a run with none. (Hydra's job.override_dirname; "" outside a Hydra app, as in tests.)"""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        name = HydraConfig.get().job.override_dirname
+    except ValueError:
+        return ""
+    return unescape(name).replace("/", "|")  # a path in an override must not open sub-folders
+
+
+def unescape(override: str) -> str:
+    """Hydra writes overrides back with its grammar's escapes (`max_time=00\\:00\\:10`); people read them without."""
+    return re.sub(r"\\(.)", r"\1", override)
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("gptlab.run_name", run_name, replace=True)
     cs = ConfigStore.instance()
     for (group, name), node in DEFAULT_OPTIONS.items():
         cs.store(group=group, name=name, node=node)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+
+
+def literal(text: str) -> str:
+    """Text that OmegaConf reads back as exactly `text`: `${` would start an interpolation, so it is escaped,
+    with any backslashes right before it doubled."""
+    return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def _literals(node: Any) -> Any:
+    if isinstance(node, str):
+        return literal(node)
+    if isinstance(node, dict):
+        return {k: _literals(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_literals(v) for v in node]
+    return node
 
 
 def to_spec(spec: type[T], node: Any, name: str) -> T:
@@ -140,7 +186,7 @@ def to_spec(spec: type[T], node: Any, name: str) -> T:
     if unknown:
         raise GptlabError(f"unknown config key {name}.{unknown[0]}: {name} takes {', '.join(sorted(known))}")
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(spec), values)  # wrong types fail here
+        typed = OmegaConf.merge(OmegaConf.structured(spec), _literals(values))  # wrong types fail here
         return OmegaConf.to_object(typed)  # type: ignore[return-value]  # builds spec: __post_init__ checks ranges
     except OmegaConfBaseException as e:
         key = f"{name}.{e.key}" if getattr(e, "key", None) else name  # type: ignore[attr-defined]
@@ -163,3 +209,7 @@ def check_top_level(cfg: DictConfig) -> None:
     unknown = [k for k in cfg.keys() if k not in known]
     if unknown:
         raise GptlabError(f"unknown config key {unknown[0]}: the top level takes {', '.join(sorted(known))}")
+    if cfg.sample_tokens < 0:
+        raise GptlabError(f"sample_tokens must be >= 0 (0: no sample), got {cfg.sample_tokens}")
+    if cfg.matmul_precision not in ("highest", "high", "medium"):
+        raise GptlabError(f"matmul_precision={cfg.matmul_precision} is not one of highest, high, medium")

@@ -104,8 +104,12 @@ def _main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
+    from gptlab.usage import entry_help
+
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners around the table
-    cli.run(_main)
+    help_text = entry_help("Loss, perplexity and bits per character of a trained model.",
+                           "ckpt_path=RUN_DIR [data.path=TEXT_FILE] [key=value ...]", EvalConfig)
+    cli.run(_main, free_text=("ckpt_path", "data.path", "paths.data_dir", "paths.cache_dir"), help=help_text)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def prompt_text(cfg: GenerateConfig) -> str:
+    if cfg.prompt_file == "-":
+        return sys.stdin.read()
     if cfg.prompt_file:
         p = Path(cfg.prompt_file).expanduser()
         if not p.is_file():
@@ -32,10 +34,6 @@ def prompt_text(cfg: GenerateConfig) -> str:
 def run(node: DictConfig) -> list[str]:
     """Generate cfg.num_samples continuations; stream a single one to stdout. Returns the texts (prompt included)."""
     cfg = to_spec(GenerateConfig, node, "generate")
-    if cfg.num_samples < 1:
-        raise GptlabError(f"num_samples must be >= 1, got {cfg.num_samples}")
-    if cfg.dtype is not None and cfg.dtype not in DTYPES:
-        raise GptlabError(f"dtype={cfg.dtype} is not one of {', '.join(DTYPES)}")
     device = pick_device(cfg.device)
     loaded = checkpoint.load(cfg.ckpt_path, device=device)
     model, tok = loaded.model, loaded.tokenizer
@@ -72,7 +70,15 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    cli.run(_main)
+    from gptlab.config import GenerateConfig
+    from gptlab.usage import entry_help
+
+    help_text = entry_help(
+        "Sample text from a trained model (a checkpoint file or a run dir).",
+        "ckpt_path=RUN_DIR [--prompt TEXT | prompt_file=FILE | prompt_file=-] [key=value ...]", GenerateConfig,
+        notes="The prompt is taken as typed: --prompt O Romeo, Romeo! works as well as prompt=...; "
+              "prompt_file=- reads standard input.")
+    cli.run(_main, free_text=("prompt", "prompt_file", "ckpt_path"), help=help_text)
 
 
 if __name__ == "__main__":

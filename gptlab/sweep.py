@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from gptlab.cli import USER_ERRORS, one_line
+from gptlab.config import unescape
 from gptlab.files import atomic_write
 
 # set in the environment of a job's own run, so that it records a failure in result.json as a sweep job does
@@ -71,7 +72,7 @@ def format_table(rows: list[dict]) -> str:
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
         if isinstance(v, list):
-            return " ".join(v)
+            return " ".join(unescape(o) for o in v)
         return "" if v is None else str(v)
 
     cols = [c for c in COLUMNS if c != "error" or any(r.get("error") for r in rows)]
@@ -81,6 +82,16 @@ def format_table(rows: list[dict]) -> str:
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # sweeper plugins' chatter (Optuna's database layer lists its plugins; Optuna colours its own lines)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        try:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        except ImportError:
+            pass
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = read_results(sweep_dir)
@@ -90,7 +101,7 @@ class SweepSummary(Callback):
             w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             w.writeheader()
             for r in rows:
-                w.writerow({**r, "overrides": " ".join(r.get("overrides", []))})
+                w.writerow({**r, "overrides": " ".join(unescape(o) for o in r.get("overrides", []))})
         failed = sum(r.get("status") != "ok" for r in rows)
         print(f"\nsweep of {len(rows)} jobs ({failed} failed), best first: {sweep_dir / 'summary.csv'}")
         print(format_table(rows))

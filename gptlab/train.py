@@ -40,7 +40,7 @@ register_configs()
 class _DropBanners(logging.Filter):
     """Lightning's start-up lines that say nothing about this run (gptlab prints its own summary)."""
 
-    NOISE = ("Tip:", " available: ", "`Trainer(", "LOCAL_RANK:")
+    NOISE = ("Tip:", " available: ", "`Trainer(", "LOCAL_RANK:", "`Trainer.fit` stopped")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(n in record.getMessage() for n in self.NOISE)
@@ -49,6 +49,8 @@ class _DropBanners(logging.Filter):
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
     logging.getLogger(_name).addFilter(_DropBanners())
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, nothing to act on
+# a run resumed into another folder: expected, and the best checkpoint is still found by its path
+warnings.filterwarnings("ignore", message="The dirpath has changed")
 
 # what a resumed run may not change: the weights and the data stream belong to these
 FIXED_ON_RESUME = ("model", "tokenizer", "data.path", "data.url", "data.val_fraction")
@@ -120,8 +122,6 @@ def resumed(cfg: DictConfig, stored: dict, overrides: Optional[list[str]]) -> Di
 def build(cfg: DictConfig) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
     """Every object of the run, from a composed config; nothing is written yet."""
     check_top_level(cfg)
-    if cfg.matmul_precision not in ("highest", "high", "medium"):
-        raise GptlabError(f"matmul_precision={cfg.matmul_precision} is not one of highest, high, medium")
     model_spec = to_spec(GPTConfig, cfg.model, "model")
     data_spec = to_spec(DataConfig, cfg.data, "data")
     trainer_spec = to_spec(TrainerConfig, cfg.trainer, "trainer")
@@ -135,7 +135,7 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
-    callbacks.append(RunSummary())
+    callbacks.append(RunSummary(trainer_spec.max_time))
     callbacks.append(HparamsSummary(flat({k: v for k, v in resolved.items() if k in module.run_config
                                           and k not in ("callbacks", "logger")})))
     logger = instantiate(cfg.logger) if cfg.logger else False
@@ -191,7 +191,10 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, f
 
 def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: dict[str, float]) -> None:
     ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") or "(none: no validation ran)"
+    if trainer.fast_dev_run:
+        best = "(none: debug=fast writes no checkpoints or logs)"
+    else:
+        best = getattr(ckpt_cb, "best_model_path", "") or "(none: no validation ran)"
     if cfg.sample_tokens > 0:
         sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens)
         (text,) = complete(module.model, module.tokenizer, "\n", sampling, seed=cfg.seed)  # type: ignore[arg-type]
@@ -201,7 +204,7 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
     print(f"run dir:         {cfg.paths.output_dir}")
     print(f"best checkpoint: {best}")
     log_dir = getattr(trainer.logger, "log_dir", None)
-    if log_dir:
+    if log_dir and not trainer.fast_dev_run:
         print(f"tensorboard:     tensorboard --logdir {log_dir}")
 
 
@@ -231,9 +234,26 @@ def resume_in_place(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.run.dir='{quoted}'", "hydra.output_subdir=null"]
 
 
+FREE_TEXT = ("data.path", "ckpt_path", "paths.data_dir", "paths.cache_dir")
+GROUPS = ["model", "data", "tokenizer", "trainer", "optim", "scheduler", "callbacks", "logger", "experiment",
+          "debug", "hparams_search"]
+
+
+def help_text() -> str:
+    from gptlab.config import TrainConfig
+    from gptlab.usage import entry_help, train_defaults
+
+    return entry_help(
+        "Train a GPT; every run gets a folder under outputs/ with checkpoints and TensorBoard logs.",
+        "[group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)", TrainConfig,
+        GROUPS, train_defaults(), skip=tuple(GROUPS),
+        notes="Any key of a group is set the same way (model.n_layer=4, optim.lr=3e-4, trainer.max_steps=500);\n"
+              "every key with its value: {command} --cfg job. Paths (data.path=, ckpt_path=) are taken as typed.")
+
+
 def main() -> None:
     sys.argv[1:] = resume_in_place(sys.argv[1:])
-    cli.run(_main)
+    cli.run(_main, free_text=FREE_TEXT, help=help_text())
 
 
 if __name__ == "__main__":

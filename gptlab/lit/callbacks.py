@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -106,14 +107,74 @@ class Throughput(Callback):
 
 
 class RunSummary(Callback):
-    """Says what is being trained, once the model exists (it is built in setup, from the data's tokenizer)."""
+    """Says what is being trained in a few lines, once the model exists (it is built in setup, from the
+    data's tokenizer). The full config is in the run dir's .hydra/config.yaml."""
+
+    def __init__(self, max_time: Optional[str] = None) -> None:
+        self.max_time = max_time
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        m, c = pl_module.model, pl_module.config
-        print(f"model: {m.num_params() / 1e6:.2f}M parameters (+{m.transformer.wpe.weight.numel() / 1e6:.2f}M "
-              f"position table), vocab {c.vocab_size} ({pl_module.tokenizer.kind}), context {c.block_size}",
-              flush=True)
+        m, c, tok = pl_module.model, pl_module.config, pl_module.tokenizer
+        lines = [f"model    {m.num_params() / 1e6:.2f}M parameters: {c.n_layer} layers x {c.n_head} heads x "
+                 f"{c.n_embd}, context {c.block_size}, {tok.kind} vocabulary of {c.vocab_size:,}"]
+        files = getattr(trainer.datamodule, "files", None)  # type: ignore[attr-defined]
+        if files is not None:
+            batch = trainer.datamodule.config.batch_size  # type: ignore[attr-defined]
+            lines.append(f"data     {files.meta['name']}: {len(files.train):,} train and {len(files.val):,} val "
+                         f"tokens, batches of {batch} x {c.block_size}")
+        device = trainer.strategy.root_device
+        threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+        ranks = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        lines.append(f"device   {device}{threads}{ranks}, precision {trainer.precision}")
+        if trainer.max_steps > 0:
+            lines.append(f"steps    {trainer.max_steps:,}; the time it takes is estimated after the first steps")
+        else:
+            lines.append(f"time     {self.max_time} (DD:HH:MM:SS), then a last validation")
+        lines.append(f"run dir  {trainer.default_root_dir}")
+        print("\n".join(lines), flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _Pace:
+    """Steps and tokens per second of training (validation excluded), and the time left."""
+
+    def __init__(self, budget_s: Optional[float] = None) -> None:
+        self.budget_s = budget_s
+        self.begun = self.start = self.mark = time.perf_counter()
+        self.first_step: Optional[int] = None  # the pace is timed from the end of the first step on
+        self.steps_at_mark, self.tokens = 0, 0
+
+    def update(self, tokens: int, step: int) -> None:
+        self.tokens += tokens
+        if self.first_step is None:  # the first step pays one-off costs (allocation, compilation)
+            self.first_step, self.start = step, time.perf_counter()
+            self.mark, self.steps_at_mark, self.tokens = self.start, step, 0
+
+    def rate(self, step: int) -> tuple[float, float]:
+        """(tokens/s, steps/s) since the last call (or the last validation)."""
+        now = time.perf_counter()
+        dt = max(now - self.mark, 1e-9)
+        out = self.tokens / dt, (step - self.steps_at_mark) / dt
+        self.mark, self.steps_at_mark, self.tokens = now, step, 0
+        return out
+
+    def eta(self, trainer: L.Trainer, step: int) -> Optional[float]:
+        """Seconds left: the steps left at the pace so far (validation included), or the time budget left."""
+        now = time.perf_counter()
+        if trainer.max_steps > 0 and self.first_step is not None and step > self.first_step:
+            return (trainer.max_steps - step) * (now - self.start) / (step - self.first_step)
+        return None if self.budget_s is None else max(0.0, self.budget_s - (now - self.begun))
+
+    def skip(self, step: int) -> None:
+        """Validation time is not training time."""
+        self.mark, self.steps_at_mark, self.tokens = time.perf_counter(), step, 0
 
 
 class HparamsSummary(Callback):
@@ -138,13 +199,16 @@ class HparamsSummary(Callback):
 
 
 class LineProgressBar(ProgressBar):
-    """Progress as plain lines, one every `every_n_steps`: readable in a log file, unlike a redrawn bar."""
+    """Progress as plain lines, one every `every_n_steps`: readable in a log file, unlike a redrawn bar.
+    Each line has the step out of the total, the training loss, tokens/s and the time left."""
 
-    def __init__(self, every_n_steps: int = 50) -> None:
+    def __init__(self, every_n_steps: int, max_time: Optional[str] = None) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
+        self.budget_s = _seconds(max_time) if max_time else None
         self._enabled = True
-        self._t0 = 0.0
+        self._pace = _Pace(self.budget_s)
+        self._estimated = False
 
     def disable(self) -> None:
         self._enabled = False
@@ -157,7 +221,7 @@ class LineProgressBar(ProgressBar):
         return self._enabled and self.trainer.is_global_zero
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._t0 = time.perf_counter()
+        self._pace = _Pace(self.budget_s)
 
     def _metrics(self, trainer, pl_module, prefix: str) -> str:
         m = self.get_metrics(trainer, pl_module)
@@ -167,20 +231,54 @@ class LineProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.is_enabled and step % self.every_n_steps == 0 and step > 0:
-            total = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
-            elapsed = time.perf_counter() - self._t0
-            print(f"step {step}{total}  {self._metrics(trainer, pl_module, 'train')}  {elapsed:.0f}s", flush=True)
+        self._pace.update(batch[0].numel() * trainer.world_size, step)
+        if not self.is_enabled or step == 0:
+            return
+        if not self._estimated and step >= min(20, self.every_n_steps) and trainer.max_steps > 0:
+            self._estimated = True  # the first steps pay one-off costs; by now the pace is fair
+            eta = self._pace.eta(trainer, step)
+            print(f"estimated: {_duration(eta or 0)} more for {trainer.max_steps - step:,} steps "
+                  f"(validation included)", flush=True)
+        if step % self.every_n_steps == 0:
+            tokens_s, _ = self._pace.rate(step)
+            total = f"/{trainer.max_steps:,}" if trainer.max_steps > 0 else ""
+            eta = self._pace.eta(trainer, step)
+            left = f"  ETA {_duration(eta)}" if eta is not None else ""
+            print(f"step {step:,}{total}  {self._metrics(trainer, pl_module, 'train')}  {tokens_s:,.0f} tok/s"
+                  f"{left}", flush=True)
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        self._pace.skip(trainer.global_step)
         if self.is_enabled and not trainer.sanity_checking:
-            print(f"step {trainer.global_step} validation  {self._metrics(trainer, pl_module, 'val')}", flush=True)
+            print(f"step {trainer.global_step:,} validation  {self._metrics(trainer, pl_module, 'val')}", flush=True)
 
 
-def progress_bar(mode: str, every_n_steps: int) -> ProgressBar:
-    """`tqdm`: Lightning's redrawn bar; `lines`: LineProgressBar; `auto`: tqdm on a terminal, lines otherwise."""
+class StepsBar(TQDMProgressBar):
+    """Lightning's redrawn bar, counting optimizer steps out of trainer.max_steps (the training stream is
+    endless, so Lightning alone shows no total and no time left), with tokens/s."""
+
+    @property
+    def total_train_batches(self) -> Union[int, float]:
+        t = self.trainer
+        return t.max_steps * t.accumulate_grad_batches if t.max_steps > 0 else float("inf")
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+        bar = self.train_progress_bar
+        rate = bar.format_dict.get("rate") if bar is not None else None
+        if rate and getattr(self, "_tokens_per_batch", 0):
+            metrics["tok/s"] = f"{rate * self._tokens_per_batch:,.0f}"
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._tokens_per_batch = batch[0].numel() * trainer.world_size
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def progress_bar(mode: str, every_n_steps: int, max_time: Optional[str] = None) -> ProgressBar:
+    """`tqdm`: a redrawn bar; `lines`: LineProgressBar; `auto`: the bar on a terminal, lines otherwise."""
     if mode not in ("auto", "tqdm", "lines"):
         raise ValueError(f"callbacks.progress_bar.mode={mode!r} is not one of: auto, tqdm, lines")
     if mode == "tqdm" or (mode == "auto" and sys.stdout.isatty()):
-        return TQDMProgressBar()
-    return LineProgressBar(every_n_steps)
+        return StepsBar()
+    return LineProgressBar(every_n_steps, max_time)

@@ -9,6 +9,8 @@ from typing import Optional
 
 @dataclass
 class AdamWConfig:
+    """AdamW, with weight decay on matrices only."""
+
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])  # beta2 0.99: small batches, noisy gradients
     eps: float = 1e-8

@@ -9,7 +9,9 @@ from typing import Optional
 
 @dataclass
 class WarmupCosine:
-    """lr(step) = base_lr * self(step). The config (`scheduler=warmup_cosine`) is a `_partial_` of this class;
+    """Linear warmup, then cosine decay to a floor.
+
+    lr(step) = base_lr * self(step). The config (`scheduler=warmup_cosine`) is a `_partial_` of this class;
     the LightningModule calls it and wraps the result in a LambdaLR (a plain object, not a lambda, so it
     is checkpointed with the run)."""
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine")
 
 
 @dataclass
 class TrainerConfig:
+    """lightning.Trainer's arguments, with gptlab's defaults."""
+
     accelerator: str = "auto"  # cpu, gpu, mps, auto
     devices: Any = "auto"  # a count, a list of ids, or auto
     num_nodes: int = 1
@@ -46,5 +52,15 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
             raise ValueError(f"trainer.gradient_clip_val must be >= 0 (or null), got {self.gradient_clip_val}")
+        if self.max_epochs < -1:
+            raise ValueError(f"trainer.max_epochs must be >= -1 (-1: no limit), got {self.max_epochs}")
+        if self.check_val_every_n_epoch is not None and self.check_val_every_n_epoch < 1:
+            raise ValueError(f"trainer.check_val_every_n_epoch must be >= 1 (or null), got {self.check_val_every_n_epoch}")
+        if _number(self.val_check_interval) and self.val_check_interval <= 0:
+            raise ValueError(f"trainer.val_check_interval must be > 0, got {self.val_check_interval}")
+        for name in ("limit_val_batches", "limit_train_batches", "overfit_batches"):
+            value = getattr(self, name)
+            if _number(value) and value < 0:
+                raise ValueError(f"trainer.{name} must be >= 0 (a count, or a fraction up to 1.0), got {value}")
         if self.num_sanity_val_steps < -1:
             raise ValueError(f"trainer.num_sanity_val_steps must be >= -1, got {self.num_sanity_val_steps}")

@@ -59,13 +59,25 @@ MAX_VOCAB_SIZE = 1 << 16  # ids fit in uint16, which the token cache uses for vo
 
 @dataclass
 class BPEConfig:
-    """Settings of a byte-level BPE trained on the corpus (`tokenizer=bpe`)."""
+    """Byte-level BPE (GPT-2 style), trained on the training split of your corpus."""
 
     kind: str = "bpe"
     vocab_size: int = 4096  # 256 bytes + merges + special tokens; up to 65,536
     special_tokens: list[str] = field(default_factory=lambda: [EOT])
     min_frequency: int = 2  # stop merging pairs seen fewer times than this
+    train_chars: Optional[int] = 10_000_000  # the data layer trains on this many characters of the training documents; None: all
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        smallest = 256 + len(self.special_tokens or ())
+        if not smallest <= self.vocab_size <= MAX_VOCAB_SIZE:
+            raise TokenizerError(f"tokenizer.vocab_size must be in [{smallest}, {MAX_VOCAB_SIZE}] (256 bytes + "
+                                 f"{smallest - 256} special token(s) at least), got {self.vocab_size}")
+        if self.min_frequency < 1:
+            raise TokenizerError(f"tokenizer.min_frequency must be >= 1, got {self.min_frequency}")
+        if self.train_chars is not None and self.train_chars < 1:
+            raise TokenizerError(f"tokenizer.train_chars must be >= 1 (or null: all), got {self.train_chars}")
+
 
 # GPT-2's split rule, as GPT-2 and Hugging Face's ByteLevel pre-tokenizer write it (with the `regex`
 # package or Oniguruma, which know \p{L} "any letter" and \p{N} "any number"). Python's `re` knows neither,
@@ -464,12 +476,7 @@ class ByteLevelBPE(Tokenizer):
         special_tokens = list(special_tokens or ())
         if len(set(special_tokens)) != len(special_tokens):
             raise TokenizerError(f"special tokens repeat: {special_tokens}")
-        smallest = 256 + len(special_tokens)
-        if not smallest <= vocab_size <= MAX_VOCAB_SIZE:
-            raise TokenizerError(
-                f"vocab_size must be in [{smallest}, {MAX_VOCAB_SIZE}] (256 bytes + {len(special_tokens)} "
-                f"special token(s) at least), got {vocab_size}"
-            )
+        smallest = 256 + len(special_tokens)  # BPEConfig checked that vocab_size leaves room for them
         chunk_counts = count_chunks(text, special_tokens)
         merges = learn_merges(chunk_counts, vocab_size - smallest, min_frequency, show_progress)
         vocab = {b: bytes([b]) for b in range(256)}

@@ -12,7 +12,7 @@ from gptlab.tokenizers.base import Tokenizer, TokenizerError
 
 @dataclass
 class CharConfig:
-    """A char tokenizer has nothing to set: its vocabulary is the corpus's distinct characters."""
+    """One token per distinct character of the corpus (nothing to set)."""
 
     kind: str = "char"
 

@@ -1,0 +1,39 @@
+"""The front door: `gptlab <command> ...` (or `python -m gptlab <command> ...`), the same as
+`python -m gptlab.<command> ...`."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+COMMANDS = {
+    "train": "train a GPT (Hydra configs; --help lists the groups)",
+    "generate": "sample text from a trained model",
+    "eval": "loss, perplexity and bits per character of a trained model",
+}
+
+
+def usage() -> str:
+    lines = ["usage: gptlab <command> [args ...]   (each command's --help says what it takes)", "", "commands:"]
+    lines += [f"  {name:<10}{about}" for name, about in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if args else 2)
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}: use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    os.environ["GPTLAB_COMMAND"] = f"gptlab {name}"  # hints name the command as typed
+    sys.argv = [sys.argv[0], *rest]
+    # run the entry as __main__ with its own module spec, so that a DDP launch re-runs `python -m gptlab.<name>`
+    runpy.run_module(f"gptlab.{name}", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

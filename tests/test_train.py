@@ -108,7 +108,7 @@ def test_cli_single_run_and_multirun(tmp_path, cache_dir):
     r = cli(tmp_path, *FAST, cache=cache_dir)
     assert r.returncode == 0, r.stderr[-2000:]
     (run,) = (tmp_path / "outputs").glob("*/*")
-    assert (run / "checkpoints/last.ckpt").is_file() and list((run / "tensorboard").glob("events.*"))
+    assert (run / "checkpoints/last.ckpt").is_file() and list((run / "tensorboard").rglob("events.*"))
     assert "step 6: val/loss" in r.stdout and f"run dir:         {run}" in r.stdout
 
     # a sweep in which one job cannot run (32 is not divisible by 3): it is recorded, the others go on
@@ -121,7 +121,7 @@ def test_cli_single_run_and_multirun(tmp_path, cache_dir):
     assert "not divisible" in rows[2]["error"] and "sweep of 4 jobs (2 failed)" in r.stdout
     for row in rows[:2]:
         assert (sweep / row["job"] / "checkpoints/last.ckpt").is_file()
-        assert list((sweep / row["job"] / "tensorboard").glob("events.*"))
+        assert list((sweep / row["job"] / "tensorboard").rglob("events.*"))
         assert "model.n_head=2" in row["overrides"] and row["best_step"] in ("3", "6")
 
 
@@ -211,7 +211,7 @@ def test_cli_ddp_on_cpu_writes_one_run_dir(tmp_path, cache_dir):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("tokenizing 1,115,394 characters") == 1  # the data is prepared once, by rank 0
     (run,) = (tmp_path / "outputs").glob("*/*")  # one run dir for both ranks
-    assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").glob("events.*"))) == 1
+    assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").rglob("events.*"))) == 1
     assert (run / "train_ddp_process_1.log").is_file()
     assert r.stdout.count("step 6: val/loss") == 1  # reported once, by rank 0
     assert json.loads((run / "result.json").read_text())["status"] == "ok"
@@ -229,7 +229,7 @@ def test_cli_ddp_jobs_in_a_multirun(tmp_path, cache_dir):
     assert "not divisible" in rows["2"]["error"] and "model.n_head=3" in rows["2"]["overrides"]
     for job in "01":
         run = sweep / job
-        assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").glob("events.*"))) == 1
+        assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").rglob("events.*"))) == 1
         assert (run / "train_ddp_process_1.log").is_file() and (run / ".hydra/config.yaml").is_file()
         assert f"model.n_head={int(job) + 1}" in (run / ".hydra/overrides.yaml").read_text()
         assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6

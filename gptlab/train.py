@@ -126,6 +126,9 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
     data_spec = to_spec(DataConfig, cfg.data, "data")
     trainer_spec = to_spec(TrainerConfig, cfg.trainer, "trainer")
     optimizer = _partial(cfg.optim, "optim", OPTIMIZERS)
+    if str(trainer_spec.precision) == "16-mixed" and cfg.optim.get("fused") and trainer_spec.gradient_clip_val:
+        raise GptlabError("optim.fused=true cannot clip gradients under trainer.precision=16-mixed (the fused step "
+                          "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
     scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)
     tokenizer = dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
     datamodule = TextDataModule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,

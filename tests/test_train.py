@@ -292,3 +292,34 @@ def test_optuna_search_is_seeded(tmp_path, cache_dir):
         trials.append(sorted(row["overrides"] for row in rows))
     assert trials[0] == trials[1]  # the sampler's fixed seed: the same search proposes the same trials
     assert "optim.lr=" in trials[0][0] and "model.n_layer=" in trials[0][0]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_fused_adamw_trains_with_gradient_clipping(cfg_factory, monkeypatch, precision):
+    """Lightning's precision plugin refuses to clip for a fused optimizer; the module clips itself."""
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, v, *a, **k: calls.append(v) or real(p, v))
+    metrics = train(cfg_factory("optim.fused=true", f"trainer.precision={precision}", "trainer.max_steps=4",
+                                "trainer.val_check_interval=4", "trainer.limit_val_batches=1", "sample_tokens=0"))
+    assert math.isfinite(metrics["val/loss"]) and calls == [1.0] * 4  # clipped at every step, at 1.0
+
+
+def test_fused_adamw_with_16_mixed_and_clipping_is_one_line(cfg_factory):
+    with pytest.raises(GptlabError, match="optim.fused=true cannot clip gradients under trainer.precision=16-mixed"):
+        train(cfg_factory("optim.fused=true", "trainer.precision=16-mixed"))
+
+
+def test_adamw_is_fused_by_default_on_cuda_only():
+    import functools
+
+    from gptlab.lit.optim import build_optimizer
+
+    seen = []
+    factory = functools.partial(lambda params, **kw: seen.append(kw), lr=1e-3, fused=None, foreach=None)
+    build_optimizer(factory, [], torch.device("cuda"), scaled=False)
+    build_optimizer(factory, [], torch.device("cuda"), scaled=True)  # 16-mixed: the scaler needs it unfused
+    build_optimizer(factory, [], torch.device("cpu"), scaled=False)
+    assert [kw["fused"] for kw in seen] == [True, None, None]
+    build_optimizer(functools.partial(factory, fused=False), [], torch.device("cuda"), scaled=False)
+    assert seen[-1]["fused"] is False  # the user's choice stands

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from gptlab import checkpoint
 from gptlab.errors import GptlabError
+from gptlab.lit.optim import build_optimizer, clip_gradients
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, param_groups
 from gptlab.tokenizers import Tokenizer
@@ -107,12 +108,21 @@ class GPTLitModule(L.LightningModule):
         if self.optimizer_factory is None or self.scheduler_factory is None:
             raise RuntimeError("GPTLitModule was built without an optimizer or schedule; it can only run inference")
         assert self.model is not None
-        optimizer = self.optimizer_factory(param_groups(self.model))
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        optimizer = build_optimizer(self.optimizer_factory, param_groups(self.model), self.device, scaled)
         self.schedule = self.scheduler_factory()
         if self.schedule.total_steps is None and self.trainer.max_steps > 0:
             self.schedule.total_steps = self.trainer.max_steps  # else a time budget aims it (TimeBudgetSchedule)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if not gradient_clip_val:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # 16-mixed: Lightning unscales first
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        else:
+            clip_gradients(self.parameters(), gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, ckpt: dict) -> None:
         assert self.model is not None and self.tokenizer is not None

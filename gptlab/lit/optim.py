@@ -4,7 +4,9 @@ that the LightningModule calls with the parameter groups)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Iterable, Optional
+
+import torch
 
 
 @dataclass
@@ -27,3 +29,25 @@ class AdamWConfig:
             raise ValueError(f"optim.eps must be > 0, got {self.eps}")
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params: list[dict], device: torch.device,
+                    scaled: bool) -> torch.optim.Optimizer:
+    """Call the optimizer factory (a `_partial_`) with the parameter groups. Left unset (fused=None,
+    foreach=None), AdamW is fused on CUDA: one kernel for the whole update instead of one per tensor. Not
+    under a gradient scaler (16-mixed), which a fused optimizer would unscale inside its step, where
+    gradient clipping cannot come in between."""
+    keywords = getattr(factory, "keywords", {})
+    if device.type == "cuda" and not scaled and keywords.get("fused", False) is None \
+            and not keywords.get("foreach"):
+        return factory(params, fused=True)
+    return factory(params)
+
+
+def clip_gradients(parameters: Iterable[torch.nn.Parameter], value: float, algorithm: Optional[str]) -> None:
+    """Gradient clipping done here rather than by Lightning's precision plugin, which refuses any optimizer
+    that unscales gradients itself (fused AdamW) even under bf16-mixed, where there is nothing to unscale."""
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(parameters, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(parameters, value)

@@ -21,3 +21,46 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GptlabError(f"device={name} but no CUDA GPU is available: use device=cpu")
     return device
+
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s, no sparsity) from the makers' data sheets, by a name fragment of
+# torch.cuda.get_device_name; MFU is measured against these. Unknown devices: a measured matmul.
+DENSE_BF16_PEAKS: dict[str, float] = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
+    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
+}
+_measured: dict[tuple[str, torch.dtype], float] = {}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> float:
+    """The FLOP/s that model FLOP utilisation (MFU) is measured against on this device."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        name = torch.cuda.get_device_name(device)
+        for fragment, peak in DENSE_BF16_PEAKS.items():
+            if fragment in name:
+                return peak
+    key = (str(device), dtype)
+    if key not in _measured:
+        _measured[key] = measured_matmul_flops(device, dtype)
+    return _measured[key]
+
+
+def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """FLOP/s of a large square matmul: the practical peak where no data sheet figure is known."""
+    import time
+
+    n, reps = (8192, 20) if device.type == "cuda" else (1024, 5)
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -32,7 +32,8 @@ def test_train_writes_checkpoints_logs_and_returns_val_loss(cfg_factory, tmp_pat
     ea = EventAccumulator(str(event_file), size_guidance={"tensors": 0})
     ea.Reload()
     scalars = set(ea.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/ppl", "val/bpc", "lr/decay", "perf/tokens_per_s"} <= scalars
+    assert {"train/loss", "val/loss", "val/ppl", "val/bpc", "lr/decay", "perf/tokens_per_s", "perf/mfu"} <= scalars
+    assert 0 < ea.Scalars("perf/mfu")[-1].value < 1
     val_steps = [e.step for e in ea.Scalars("val/loss")]
     assert val_steps[-1] == 25 and ea.Scalars("val/loss")[-1].value == pytest.approx(metrics["val/loss"])
     assert "samples/text_summary" in ea.Tags()["tensors"]

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab.devices import peak_flops
 from gptlab.model import SamplingConfig, complete
 
 
@@ -85,11 +86,18 @@ def _seconds(max_time: str) -> float:
 
 
 class Throughput(Callback):
-    """Logs training tokens per second (`perf/tokens_per_s`), averaged over each logging interval."""
+    """Logs training tokens per second (`perf/tokens_per_s`) and model FLOP utilisation (`perf/mfu`: the
+    model's training FLOPs per second over the device's dense peak), averaged over each logging interval.
+    Host-side counters only: nothing here waits for the GPU."""
 
     def __init__(self) -> None:
         self.t0: Optional[float] = None
         self.tokens = 0
+        self.peak: Optional[float] = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        low = str(trainer.precision).startswith(("bf16", "16"))
+        self.peak = peak_flops(pl_module.device, torch.bfloat16 if low else torch.float32)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
         if self.t0 is None:
@@ -99,7 +107,11 @@ class Throughput(Callback):
         self.tokens += batch[0].numel() * trainer.world_size
         if (trainer.global_step % trainer.log_every_n_steps == 0) and trainer.global_step > 0 and self.t0:
             dt = time.perf_counter() - self.t0
-            pl_module.log("perf/tokens_per_s", self.tokens / dt, rank_zero_only=True)
+            rate = self.tokens / dt
+            pl_module.log("perf/tokens_per_s", rate, rank_zero_only=True)
+            if self.peak:
+                flops = pl_module.model.flops_per_token(batch[0].size(1)) * rate
+                pl_module.log("perf/mfu", flops / (self.peak * trainer.world_size), rank_zero_only=True)
             self.t0, self.tokens = time.perf_counter(), 0
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -280,5 +292,5 @@ def progress_bar(mode: str, every_n_steps: int, max_time: Optional[str] = None) 
     if mode not in ("auto", "tqdm", "lines"):
         raise ValueError(f"callbacks.progress_bar.mode={mode!r} is not one of: auto, tqdm, lines")
     if mode == "tqdm" or (mode == "auto" and sys.stdout.isatty()):
-        return StepsBar()
+        return StepsBar(refresh_rate=10)  # each redraw reads the loss: a host-device sync on a GPU
     return LineProgressBar(every_n_steps, max_time)

@@ -103,7 +103,14 @@ class Loaded:
 
 
 def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Loaded:
-    """Rebuild the model (weights loaded, on `device`, eval mode) and tokenizer from a checkpoint or run dir."""
+    """Rebuild the model (weights loaded, on `device`, eval mode) and tokenizer from a checkpoint or run dir,
+    or from pretrained GPT-2 (`gpt2`, ..., `gpt2-xl`, or a Hugging Face folder: see gptlab.pretrained)."""
+    from gptlab import pretrained
+
+    if pretrained.is_pretrained(path):
+        model, tokenizer, folder = pretrained.load(path)
+        rec = record(model.config, tokenizer, {"init_from": str(path)}, 1.0)
+        return Loaded(model.to(device), tokenizer, folder, 0, rec)
     ckpt_path = resolve_checkpoint(path)
     ckpt = read(ckpt_path)
     rec = read_record(ckpt, ckpt_path)

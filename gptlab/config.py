@@ -64,6 +64,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 1337  # seeds the weights, the order of the data and the samples
     ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
+    init_from: Optional[str] = None  # a new run from trained weights: a run dir, gpt2...gpt2-xl, or a HF folder
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
     compile: bool = False  # torch.compile the model (pays off on GPUs; on a small CPU model it costs more than it saves)
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)

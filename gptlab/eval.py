@@ -84,10 +84,15 @@ def run(node: DictConfig) -> dict:
 def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:
     """The run's own data, found through the same token cache (its tokenizer settings give the same key)."""
     run_cfg = loaded.config
+    if "data" not in run_cfg:
+        raise GptlabError(f"{cfg.ckpt_path} has no validation split of its own: give data.path=TEXT_FILE")
     spec = DataConfig(**{k: v for k, v in run_cfg["data"].items() if k in DataConfig.__dataclass_fields__})
     if cfg.data.batch_size:
         spec = dataclasses.replace(spec, val_batch_size=cfg.data.batch_size)
-    settings = dataclasses.asdict(tokenizer_spec(run_cfg["tokenizer"]))  # as the run passed them: same cache key
+    if run_cfg.get("init_from"):  # the data was encoded with the source's tokenizer, which the checkpoint holds
+        settings: object = loaded.tokenizer
+    else:  # the tokenizer was trained on the data: its settings, as the run passed them, give the same cache key
+        settings = dataclasses.asdict(tokenizer_spec(run_cfg["tokenizer"]))
     dm = TextDataModule(spec, settings, block_size=loaded.model.config.block_size,
                         seed=run_cfg.get("seed", 0), cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
     dm.prepare_data()

@@ -32,7 +32,9 @@ from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary
 from gptlab.lit.trainer import TrainerConfig
-from gptlab.model import GPTConfig, SamplingConfig, complete
+from gptlab.model import GPT, GPTConfig, SamplingConfig, complete
+from gptlab.pretrained import adapt
+from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
 
 register_configs()
 
@@ -53,7 +55,7 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, n
 warnings.filterwarnings("ignore", message="The dirpath has changed")
 
 # what a resumed run may not change: the weights and the data stream belong to these
-FIXED_ON_RESUME = ("model", "tokenizer", "data.path", "data.url", "data.val_fraction")
+FIXED_ON_RESUME = ("model", "tokenizer", "data.path", "data.url", "data.val_fraction", "init_from")
 CHANGEABLE_ON_RESUME = ("model.dropout",)
 NOT_RECORDED = ("paths", "ckpt_path", "hydra")  # where this invocation writes, not what the run is
 
@@ -80,17 +82,34 @@ def flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def user_keys(overrides: list[str]) -> list[tuple[str, bool]]:
-    """The config keys a command line sets: (key, deleted). A group choice (`model=nano`) sets the whole node."""
+RECIPES = ("experiment", "debug", "hparams_search")  # `# @package _global_` groups: they set keys anywhere
+
+
+def user_keys(overrides: list[str], recipes: bool = False) -> list[tuple[str, bool]]:
+    """The config keys a command line sets: (key, deleted). A group choice (`model=nano`) sets the whole node;
+    a recipe (`experiment=...`) sets the keys its file states (recipes=True), or is refused (a resumed run)."""
     keys = []
     for o in OverridesParser.create().parse_overrides(overrides):
-        if o.key_or_group.startswith("hydra") or o.key_or_group == "ckpt_path":
+        if o.key_or_group.startswith("hydra") or o.key_or_group in ("ckpt_path", "init_from"):
             continue
-        if o.key_or_group in ("experiment", "debug", "hparams_search"):
-            raise GptlabError(f"{o.key_or_group}= cannot be combined with ckpt_path=: a resumed run keeps its "
-                              "own settings; override single keys instead (e.g. trainer.max_steps=...)")
+        if o.key_or_group in RECIPES:
+            if not recipes:
+                raise GptlabError(f"{o.key_or_group}= cannot be combined with ckpt_path=: a resumed run keeps its "
+                                  "own settings; override single keys instead (e.g. trainer.max_steps=...)")
+            keys += [(k, False) for k in recipe_keys(o.key_or_group, str(o.value()))]
+            continue
         keys.append((o.key_or_group.split("@")[0].lstrip("+~"), o.is_delete()))
     return keys
+
+
+def recipe_keys(group: str, name: str) -> list[str]:
+    """The dotted keys a recipe file sets, e.g. conf/experiment/finetune_shakespeare.yaml -> model.dropout, ..."""
+    import yaml
+    from importlib import resources
+
+    body = yaml.safe_load((resources.files("gptlab.conf") / group / f"{name}.yaml").read_text()) or {}
+    body.pop("defaults", None)
+    return list(flat(body))
 
 
 def resumed(cfg: DictConfig, stored: dict, overrides: Optional[list[str]]) -> DictConfig:
@@ -119,10 +138,11 @@ def resumed(cfg: DictConfig, stored: dict, overrides: Optional[list[str]]) -> Di
     return out
 
 
-def build(cfg: DictConfig) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
-    """Every object of the run, from a composed config; nothing is written yet."""
+def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
+    """Every object of the run, from a composed config; nothing is written yet. start: the model and the
+    tokenizer a run starts from (init_from=) or resumes with, instead of new ones."""
     check_top_level(cfg)
-    model_spec = to_spec(GPTConfig, cfg.model, "model")
+    model_spec = start.model.config if start else to_spec(GPTConfig, cfg.model, "model")
     data_spec = to_spec(DataConfig, cfg.data, "data")
     trainer_spec = to_spec(TrainerConfig, cfg.trainer, "trainer")
     optimizer = _partial(cfg.optim, "optim", OPTIMIZERS)
@@ -130,11 +150,12 @@ def build(cfg: DictConfig) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
         raise GptlabError("optim.fused=true cannot clip gradients under trainer.precision=16-mixed (the fused step "
                           "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
     scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)
-    tokenizer = dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
+    tokenizer = start.tokenizer if start else dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
     datamodule = TextDataModule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
                                 cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
     module = GPTLitModule(model_spec, optimizer=optimizer, scheduler=scheduler, compile=cfg.compile,
-                          run_config=run_config(cfg))
+                          run_config=run_config(cfg), tokenizer=start.tokenizer if start else None,
+                          gpt=start.model if start and start.weights else None)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
@@ -162,13 +183,65 @@ def _partial(node: DictConfig, name: str, known: dict[str, type]) -> Any:
     return instantiate(node, _convert_="all")
 
 
+@dataclasses.dataclass
+class Start:
+    """What a run starts from other than a fresh model: a model (its spec, and with weights=True its weights
+    too) and the tokenizer that goes with it."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    weights: bool
+
+
+# what init_from= may change of the source's model: not its shape
+CHANGEABLE_ON_INIT = ("dropout", "block_size", "vocab_size", "attention")
+
+
+def initial_model(source: checkpoint.Loaded, cfg: DictConfig, overrides: Optional[list[str]]) -> GPT:
+    """The source's model, with what the command line may change of it: dropout, a smaller block_size (the
+    position table is cut), a larger vocab_size (padding rows), the attention path. Any other model key that
+    differs from the source's is one line."""
+    spec = source.model.config
+    changes: dict[str, Any] = {}
+    for key, _ in user_keys(overrides or [], recipes=True):
+        if key != "model" and not key.startswith("model."):
+            continue
+        node = OmegaConf.to_container(cfg.model, resolve=True) if key == "model" else \
+            {key.split(".", 1)[1]: OmegaConf.select(cfg, key)}
+        for name, value in node.items():  # type: ignore[union-attr]
+            if value is None or value == getattr(spec, name, value):  # None: as the source has it
+                continue
+            if name not in CHANGEABLE_ON_INIT:
+                raise GptlabError(f"model.{name}={value} conflicts with the model of init_from={cfg.init_from} "
+                                  f"(model.{name}={getattr(spec, name)}): its shape comes from there; only "
+                                  f"{', '.join('model.' + k for k in CHANGEABLE_ON_INIT)} may change")
+            changes[name] = value
+    try:
+        target = dataclasses.replace(spec, **changes)
+    except ValueError as e:
+        raise GptlabError(str(e)) from None
+    return adapt(source.model, target)
+
+
+def starting_point(cfg: DictConfig, overrides: Optional[list[str]], stored: Optional[dict]) -> Optional[Start]:
+    if stored is not None:  # resuming: Lightning restores the weights; the spec and tokenizer are the run's
+        return Start(GPT(GPTConfig(**stored["model"])), tokenizer_from_dict(stored["tokenizer"]), weights=False)
+    if not cfg.init_from:
+        return None
+    source = checkpoint.load(cfg.init_from)
+    return Start(initial_model(source, cfg, overrides), source.tokenizer, weights=True)
+
+
 def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, float]:
     """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...).
 
     With ckpt_path=, the run resumes from its checkpoint with the settings the checkpoint records;
-    overrides (the command line) say which of them this call changes.
+    with init_from=, a new run starts from a trained model's weights (a gptlab run or GPT-2). overrides
+    (the command line) say which settings this call changes.
     """
-    ckpt_path = None
+    ckpt_path, stored = None, None
+    if cfg.ckpt_path and cfg.init_from:
+        raise GptlabError("init_from= starts a new run from trained weights, ckpt_path= resumes a run: give one")
     if cfg.ckpt_path:
         ckpt_path = checkpoint.resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt",))
         stored = checkpoint.read_record(checkpoint.read(ckpt_path), ckpt_path)
@@ -178,7 +251,7 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, f
     if last.exists() and (ckpt_path is None or last.resolve() != ckpt_path.resolve()):
         raise GptlabError(f"{out_dir} already holds a run's checkpoints: use a new run dir (or resume with ckpt_path=)")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer, module, datamodule = build(cfg)
+    trainer, module, datamodule = build(cfg, starting_point(cfg, overrides, stored))
     if isinstance(trainer.accelerator, CUDAAccelerator):  # only there: torch would apply it to CPUs too
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -237,7 +310,7 @@ def resume_in_place(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.run.dir='{quoted}'", "hydra.output_subdir=null"]
 
 
-FREE_TEXT = ("data.path", "ckpt_path", "paths.data_dir", "paths.cache_dir")
+FREE_TEXT = ("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir")
 GROUPS = ["model", "data", "tokenizer", "trainer", "optim", "scheduler", "callbacks", "logger", "experiment",
           "debug", "hparams_search"]
 

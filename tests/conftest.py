@@ -86,3 +86,24 @@ def cfg_factory(tmp_path, cache_dir):
         return make_cfg(tmp_path / out, cache_dir, list(overrides))
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def hf_gpt2(tmp_path_factory, shakespeare_text) -> Path:
+    """A small random GPT-2 in the Hugging Face layout, saved by transformers, with a byte-level BPE of 300
+    tokens in GPT-2's file format: the local stand-in for GPT-2's real weights (nothing downloads in tests)."""
+    transformers = pytest.importorskip("transformers")
+    from gptlab.tokenizers import ByteLevelBPE
+    from gptlab.tokenizers.hf_export import hf_tokenizer_files
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    tok = ByteLevelBPE.train(shakespeare_text[:200_000], vocab_size=300, show_progress=False)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                                     bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    import torch
+
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    for name, text in hf_tokenizer_files(tok).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder

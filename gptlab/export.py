@@ -1,0 +1,68 @@
+"""Export a trained model to the Hugging Face format:
+`python -m gptlab.export ckpt_path=RUN_DIR out=exported/`, then `AutoModelForCausalLM.from_pretrained("exported/")`.
+
+Writes config.json (GPT2Config), model.safetensors, generation_config.json and the tokenizer: vocab.json +
+merges.txt for a byte-level BPE, tokenizer.json for a char tokenizer. A model GPT-2's architecture cannot
+express (post-norm) is refused in one line, and nothing is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from gptlab import checkpoint, cli
+from gptlab.config import to_spec
+from gptlab.errors import GptlabError
+from gptlab.model import ConfigError
+from gptlab.model.hf_gpt2 import check_exportable, save_hf_folder
+from gptlab.tokenizers.hf_export import hf_tokenizer_files
+
+
+@dataclass
+class ExportConfig:
+    """python -m gptlab.export: a checkpoint as a Hugging Face folder."""
+
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    out: str = MISSING  # the folder to write; it must not exist, or be empty
+
+
+ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+
+
+def run(node: DictConfig) -> Path:
+    cfg = to_spec(ExportConfig, node, "export")
+    loaded = checkpoint.load(cfg.ckpt_path)
+    try:
+        check_exportable(loaded.model.config)
+    except ConfigError as e:
+        raise GptlabError(f"{loaded.path} cannot be exported to GPT-2's format: {e}") from None
+    eot = loaded.tokenizer.eot_id
+    files = hf_tokenizer_files(loaded.tokenizer, model_max_length=loaded.model.config.block_size)
+    out = save_hf_folder(loaded.model, Path(cfg.out).expanduser(), tokenizer_files=files, eos_token_id=eot)
+    print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'written':<12}{out}: "
+          f"{', '.join(sorted(p.name for p in out.iterdir()))}")
+    print(f"{'load with':<12}transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="export")
+@cli.reports_errors
+def _main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    from gptlab.usage import entry_help
+
+    help_text = entry_help("Export a trained model (and its tokenizer) to the Hugging Face format.",
+                           "ckpt_path=RUN_DIR out=FOLDER", ExportConfig)
+    cli.run(_main, free_text=("ckpt_path", "out"), help=help_text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
-"""Callbacks: text samples in TensorBoard, the final validation, a time-budgeted lr schedule, throughput,
-the HPARAMS view, and a progress bar for log files."""
+"""Callbacks: text samples and attention maps in TensorBoard, the final validation, a time-budgeted lr
+schedule, throughput, the HPARAMS view, and a progress bar for log files."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.devices import peak_flops
 from gptlab.model import SamplingConfig, complete
+from gptlab.viz import attention_maps, layer_images, token_labels
 
 
 def _tensorboard(trainer: L.Trainer) -> Optional[TensorBoardLogger]:
@@ -39,6 +40,46 @@ class TextSamples(Callback):
             # TensorBoard renders markdown: indent by four spaces to keep line breaks as written
             body = "\n".join("    " + line for line in self.last.splitlines())
             tb.experiment.add_text("samples", body, trainer.global_step)
+
+
+class AttentionMaps(Callback):
+    """After each validation, the attention weights of every layer for one fixed prompt, as images in
+    TensorBoard's IMAGES tab: `attention/layer_N`, the layer's heads side by side (row t: where token t looks).
+
+    The prompt is the start of the validation split, at most `max_tokens` tokens (and at most block_size), so
+    every image of a run shows the same text and the maps can be compared step by step; it is written once to
+    the TEXT tab as `attention/prompt`. One forward pass of one short sequence: far cheaper than the validation.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        if max_tokens < 1:
+            raise ValueError(f"callbacks.attention_maps.max_tokens must be >= 1, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self.ids: Optional[list[int]] = None
+
+    def _prompt(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[int]:
+        files = getattr(trainer.datamodule, "files", None)  # type: ignore[attr-defined]  # a TextDataModule's
+        if files is None:
+            return []
+        n = min(self.max_tokens, pl_module.model.config.block_size, len(files.val))
+        return [int(i) for i in files.val[:n]]
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        tb = _tensorboard(trainer)
+        if tb is None:
+            return
+        if self.ids is None:
+            self.ids = self._prompt(trainer, pl_module)
+            if self.ids:  # what the rows and columns are, once
+                labels = " ".join(token_labels(pl_module.tokenizer, self.ids))
+                tb.experiment.add_text("attention/prompt", "    " + labels, trainer.global_step)
+        if not self.ids:
+            return
+        maps = attention_maps(pl_module.model, self.ids)  # eval mode, no grad; the model's mode is restored
+        for layer, image in enumerate(layer_images(maps)):
+            tb.experiment.add_image(f"attention/layer_{layer}", image, trainer.global_step, dataformats="HWC")
 
 
 class FinalValidation(Callback):

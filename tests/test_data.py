@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from gptlab.data import DataError, FixedWindows, RandomWindows, TokenFiles, prepare_tokens, read_text
 from gptlab.data import cache as cache_mod
+from gptlab.data import prepare as prepare_mod
 from gptlab.data.sources import SHAKESPEARE, find_or_download, sha256_file
 
 CHAR = {"kind": "char"}
@@ -28,7 +29,7 @@ def test_prepare_splits_90_10_and_reuses_the_cache(shakespeare_text, tmp_path, m
     assert not calls
 
 
-def test_cache_key_depends_on_text_tokenizer_and_split():
+def test_cache_key_depends_on_corpus_tokenizer_and_split():
     k = cache_mod.cache_key("abc", CHAR, 0.1)
     assert k == cache_mod.cache_key("abc", CHAR, 0.1)
     assert len({k, cache_mod.cache_key("abd", CHAR, 0.1), cache_mod.cache_key("abc", CHAR, 0.2),
@@ -37,24 +38,27 @@ def test_cache_key_depends_on_text_tokenizer_and_split():
 
 def test_interrupted_write_leaves_no_partial_files(tmp_path, monkeypatch):
     text = "hello world, " * 100
-    real = cache_mod.atomic_write
+    real = prepare_mod.atomic_write
 
     def crash_on_val(path, write, mode="wb"):
-        if path.name == "val.bin":
+        if path.name.startswith("val-"):
             def half(f):
                 f.write(b"\x00" * 7)
                 raise KeyboardInterrupt  # killed in the middle of writing
             return real(path, half, mode)
         return real(path, write, mode)
 
-    monkeypatch.setattr(cache_mod, "atomic_write", crash_on_val)
+    monkeypatch.setattr(prepare_mod, "atomic_write", crash_on_val)
     with pytest.raises(KeyboardInterrupt):
         prepare_tokens(text, "t", CHAR, 0.1, tmp_path)
     (entry,) = tmp_path.iterdir()
-    assert sorted(p.name for p in entry.iterdir()) == ["train.bin"]  # no val.bin, no temp file, no meta.json
-    monkeypatch.setattr(cache_mod, "atomic_write", real)
-    d = prepare_tokens(text, "t", CHAR, 0.1, tmp_path)  # incomplete entry: rebuilt
+    assert sorted(p.name for p in entry.iterdir()) == ["manifest.jsonl", "plan.json", "shards", "tokenizer.json"]
+    assert sorted(p.name for p in (entry / "shards").iterdir()) == ["train-00000.bin"]  # no val, no temp file
+    train_file = (entry / "shards" / "train-00000.bin").stat()
+    monkeypatch.setattr(prepare_mod, "atomic_write", real)
+    d = prepare_tokens(text, "t", CHAR, 0.1, tmp_path)  # incomplete entry: finished
     assert len(TokenFiles.open(d).val) == 130
+    assert (entry / "shards" / "train-00000.bin").stat().st_ino == train_file.st_ino  # kept, not written again
 
 
 def _prepare(args):
@@ -164,4 +168,6 @@ def test_local_copy_found_through_the_environment(tmp_path, monkeypatch):
 def test_meta_records_counts_for_bits_per_char(tmp_path):
     d = prepare_tokens("abcd" * 100, "t", CHAR, 0.25, tmp_path)
     meta = json.loads((d / "meta.json").read_text())
-    assert meta["train"] == {"tokens": 300, "chars": 300} and meta["val"] == {"tokens": 100, "chars": 100}
+    assert (meta["train"]["tokens"], meta["train"]["chars"], meta["val"]["tokens"], meta["val"]["chars"]) == \
+        (300, 300, 100, 100)
+    assert meta["split_by"] == "position"

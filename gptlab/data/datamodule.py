@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -11,19 +12,26 @@ import torch
 from torch.utils.data import DataLoader
 
 from gptlab.data.cache import TokenFiles, prepare_tokens
-from gptlab.data.sources import SHAKESPEARE, DataError, find_or_download, read_text
+from gptlab.data.corpus import HF_PREFIX, Corpus
+from gptlab.data.sources import SHAKESPEARE, DataError, find_or_download
 from gptlab.data.windows import FixedWindows, RandomWindows
 from gptlab.tokenizers import Tokenizer
 
 
 @dataclass
 class DataConfig:
-    """What to train on and how it is batched (`data=...`). Paths, block size and seed come from their own
-    settings (paths.*, model.block_size, seed) and are handed to the TextDataModule beside this."""
+    """Tiny Shakespeare (1.1M characters), found or downloaded; data.path=FILE_OR_FOLDER for your own text.
 
-    path: Optional[str] = None  # a UTF-8 file or a folder of .txt files; None: Tiny Shakespeare
+    What to train on and how it is batched. Paths, block size and seed come from their own settings
+    (paths.*, model.block_size, seed) and are handed to the TextDataModule beside this."""
+
+    path: Optional[str] = None  # a file, a folder (.txt .md .jsonl .parquet below it), hf:NAME; None: Tiny Shakespeare
     url: Optional[str] = None  # Tiny Shakespeare's download address when not on disk; None: its usual one
-    val_fraction: float = 0.1  # the last 10% of the text is the validation split
+    val_fraction: float = 0.1  # one text: its last 10%; several documents: every 10th document
+    text_field: str = "text"  # the field holding the text in .jsonl and .parquet records and Hugging Face data sets
+    hf_config: Optional[str] = None  # with data.path=hf:NAME: the data set's configuration (subset), if it has several
+    hf_split: str = "train"  # with data.path=hf:NAME: the split of the data set to read
+    num_proc: Optional[int] = None  # processes that tokenize the corpus; None: one per core; 1: no extra process
     batch_size: int = 64
     val_batch_size: Optional[int] = None  # None: batch_size; evaluation holds no gradients, so larger is fine
     num_workers: int = 0  # batches are cheap numpy gathers; workers only pay off on fast GPUs
@@ -38,14 +46,19 @@ class DataConfig:
                 raise DataError(f"data.{name} must be >= 1, got {value}")
         if self.num_workers < 0:
             raise DataError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise DataError(f"data.num_proc must be >= 1 (or null: one per core), got {self.num_proc}")
+        if not self.text_field:
+            raise DataError("data.text_field must name the field that holds the text")
 
 
 class TextDataModule(L.LightningDataModule):
     """Serves windows of a char- or BPE-tokenized corpus.
 
     The text is Tiny Shakespeare (found under the data dirs, or downloaded with its checksum verified)
-    unless `config.path` names a file or folder. Lightning calls `prepare_data` (tokenize into the cache)
-    once per node, or once in all, then `setup` on every rank, which opens the ready token files.
+    unless `config.path` names a file, a folder or a Hugging Face data set. Lightning calls `prepare_data`
+    (tokenize into the cache) once per node, or once in all, then `setup` on every rank, which opens the
+    ready token shards.
     """
 
     def __init__(
@@ -65,17 +78,22 @@ class TextDataModule(L.LightningDataModule):
         self.prepare_data_per_node = config.prepare_data_per_node
         self.files: Optional[TokenFiles] = None
 
-    def _text(self) -> tuple[str, str]:
-        if self.config.path is None:
-            p = find_or_download(SHAKESPEARE.file, self.config.url or SHAKESPEARE.url, SHAKESPEARE.sha256,
-                                 self.data_dir)
-            return read_text(p), SHAKESPEARE.name
-        p = Path(self.config.path).expanduser()
-        return read_text(p), p.stem or "text"
+    def _corpus(self) -> tuple[Corpus, str]:
+        """The corpus and the name its cache entry starts with."""
+        c = self.config
+        if c.path is None:
+            p = find_or_download(SHAKESPEARE.file, c.url or SHAKESPEARE.url, SHAKESPEARE.sha256, self.data_dir)
+            return Corpus.from_path(p), SHAKESPEARE.name
+        if c.path.startswith(HF_PREFIX):
+            name = c.path[len(HF_PREFIX):]
+            return Corpus.from_hf(name, c.hf_config, c.hf_split, c.text_field), _safe_name(Path(name).name or "hf")
+        p = Path(c.path).expanduser()
+        return Corpus.from_path(p, c.text_field), _safe_name(p.stem or "text")
 
     def _entry(self) -> Path:
-        text, name = self._text()
-        return prepare_tokens(text, name, self.tokenizer_spec, self.config.val_fraction, self.cache_dir)
+        corpus, name = self._corpus()
+        return prepare_tokens(corpus, name, self.tokenizer_spec, self.config.val_fraction, self.cache_dir,
+                              num_proc=self.config.num_proc)
 
     def prepare_data(self) -> None:
         """Find (or download) the text and tokenize it into the cache; cheap when the entry exists."""
@@ -84,7 +102,7 @@ class TextDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.files is not None:
             return
-        files = TokenFiles.open(self._entry())  # the entry is ready: this only hashes the text to find it
+        files = TokenFiles.open(self._entry())  # the entry is ready: this only fingerprints the corpus to find it
         need = self.block_size + 1
         for split in ("train", "val"):
             n = len(getattr(files, split))
@@ -120,3 +138,7 @@ class TextDataModule(L.LightningDataModule):
         return DataLoader(FixedWindows(self.files.val, self.block_size),
                           batch_size=self.config.val_batch_size or self.config.batch_size, shuffle=False,
                           num_workers=self.config.num_workers)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", name).strip("-") or "text"

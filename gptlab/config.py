@@ -11,6 +11,7 @@ checked again, values included, when it is turned into its spec (`to_spec`).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import typing
 from dataclasses import MISSING as MISSING_FIELD
@@ -68,6 +69,7 @@ class TrainConfig:
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
     compile: bool = False  # torch.compile the model (pays off on GPUs; on a small CPU model it costs more than it saves)
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
+    checkpoint_every: Optional[str] = "00:00:10:00"  # DD:HH:MM:SS between last.ckpt saves; null: only at validation
 
 
 @dataclass
@@ -143,7 +145,10 @@ def run_name() -> str:
         name = HydraConfig.get().job.override_dirname
     except ValueError:
         return ""
-    return unescape(name).replace("/", "|")  # a path in an override must not open sub-folders
+    name = unescape(name).replace("/", "|")  # a path in an override must not open sub-folders
+    if len(name) > 120:  # a folder name has at most 255 bytes: keep the start, and a hash to tell runs apart
+        name = f"{name[:110]}…{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 def unescape(override: str) -> str:

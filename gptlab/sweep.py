@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 from gptlab.cli import USER_ERRORS, one_line
 from gptlab.config import unescape
 from gptlab.files import atomic_write
+from gptlab.lit.safety import NonFiniteLoss
 
 # set in the environment of a job's own run, so that it records a failure in result.json as a sweep job does
 SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
@@ -157,7 +158,8 @@ def records_result(relaunches: Callable[[DictConfig], bool]):
                 if not (sweep_job or own_run_of_job):
                     raise
                 message = one_line(ex) if isinstance(ex, USER_ERRORS) else f"{type(ex).__name__}: {ex}"
-                failed = dict(status="failed", error=message, wall_s=time.perf_counter() - start,
+                status = "nan" if isinstance(ex, NonFiniteLoss) else "failed"  # a NaN loss: often the lr
+                failed = dict(status=status, error=message, wall_s=time.perf_counter() - start,
                               failed_at=time.time(), **record)
                 if rank_zero_only.rank == 0:
                     write_result(out_dir, **failed)

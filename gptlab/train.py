@@ -26,11 +26,13 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab import checkpoint, cli, sweep
-from gptlab.config import OPTIMIZERS, SCHEDULES, check_top_level, register_configs, to_spec, tokenizer_spec
+from gptlab.config import (OPTIMIZERS, SCHEDULES, TrainConfig, check_top_level, register_configs, to_spec,
+                           tokenizer_spec)
 from gptlab.data import DataConfig, TextDataModule
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary
+from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, requeued_run
 from gptlab.lit.trainer import TrainerConfig
 from gptlab.model import GPT, GPTConfig, SamplingConfig, complete
 from gptlab.pretrained import adapt
@@ -55,7 +57,8 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, n
 warnings.filterwarnings("ignore", message="The dirpath has changed")
 
 # what a resumed run may not change: the weights and the data stream belong to these
-FIXED_ON_RESUME = ("model", "tokenizer", "data.path", "data.url", "data.val_fraction", "init_from")
+FIXED_ON_RESUME = ("model", "tokenizer", "data.path", "data.url", "data.val_fraction", "data.text_field",
+                   "data.hf_config", "data.hf_split", "init_from")
 CHANGEABLE_ON_RESUME = ("model.dropout",)
 NOT_RECORDED = ("paths", "ckpt_path", "hydra")  # where this invocation writes, not what the run is
 
@@ -66,7 +69,7 @@ def run_config(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(c, dict)
     c = {k: v for k, v in c.items() if k not in NOT_RECORDED}
-    if c["data"].get("path"):
+    if c["data"].get("path") and not str(c["data"]["path"]).startswith("hf:"):  # hf:NAME is not a file
         c["data"]["path"] = str(Path(c["data"]["path"]).expanduser().resolve())
     return c
 
@@ -127,7 +130,7 @@ def resumed(cfg: DictConfig, stored: dict, overrides: Optional[list[str]]) -> Di
         for path, value in flat(new, key).items() if isinstance(new, dict) else [(key, new)]:
             old = before.get(path)
             fixed = path.startswith(FIXED_ON_RESUME) and not path.startswith(CHANGEABLE_ON_RESUME)
-            if fixed and old != value and not (path == "data.path" and value and old == str(Path(value).resolve())):
+            if fixed and str(old) != str(value) and not (path == "data.path" and value and old == str(Path(value).resolve())):
                 raise GptlabError(f"{path}={value} conflicts with the run being resumed ({path}={old}): "
                                   "a resumed run keeps its model and data; drop the override, or train a new run")
         if not (key.startswith(FIXED_ON_RESUME) and not key.startswith(CHANGEABLE_ON_RESUME)):
@@ -160,6 +163,8 @@ def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GP
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
     callbacks.append(RunSummary(trainer_spec.max_time))
+    # signals save the step, the clock saves too, a NaN stops the run (an older run's config lacks the key)
+    callbacks.append(Safeguards(cfg.get("checkpoint_every", TrainConfig.checkpoint_every)))
     callbacks.append(HparamsSummary(flat({k: v for k, v in resolved.items() if k in module.run_config
                                           and k not in ("callbacks", "logger")})))
     logger = instantiate(cfg.logger) if cfg.logger else False
@@ -167,7 +172,8 @@ def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GP
     if isinstance(settings["profiler"], dict):  # a profiler config with _target_
         settings["profiler"] = instantiate(settings["profiler"])
     try:
-        trainer = L.Trainer(**settings, callbacks=callbacks, logger=logger, default_root_dir=cfg.paths.output_dir)
+        trainer = L.Trainer(**settings, callbacks=callbacks, logger=logger, default_root_dir=cfg.paths.output_dir,
+                            plugins=[AtomicCheckpointIO()])  # a kill while saving leaves the previous file whole
     except (ValueError, MisconfigurationException) as e:  # Lightning's word on devices and strategies
         hint = " This machine has no GPU: use trainer=cpu." if "gpu" in str(e).lower() and \
             not torch.cuda.is_available() else ""
@@ -240,6 +246,8 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, f
     (the command line) say which settings this call changes.
     """
     ckpt_path, stored = None, None
+    if not cfg.ckpt_path and not cfg.init_from and requeued_run(Path(cfg.paths.output_dir)):
+        cfg.ckpt_path = str(cfg.paths.output_dir)  # a SLURM job requeued after pre-emption continues its run
     if cfg.ckpt_path and cfg.init_from:
         raise GptlabError("init_from= starts a new run from trained weights, ckpt_path= resumes a run: give one")
     if cfg.ckpt_path:
@@ -254,7 +262,12 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, f
     trainer, module, datamodule = build(cfg, starting_point(cfg, overrides, stored))
     if isinstance(trainer.accelerator, CUDAAccelerator):  # only there: torch would apply it to CPUs too
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except Interrupted as stop:  # a signal: the step was saved; say how to go on, exit 128 + the signal
+        if trainer.is_global_zero:
+            print(stop.report(cfg.paths.output_dir, cli.COMMAND), flush=True)
+        raise SystemExit(stop.exit_code) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["steps"] = trainer.global_step

@@ -210,7 +210,7 @@ def test_cli_ddp_on_cpu_writes_one_run_dir(tmp_path, cache_dir):
     fresh_cache = tmp_path / "cache"
     r = cli(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", cache=fresh_cache)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("tokenizing 1,115,394 characters") == 1  # the data is prepared once, by rank 0
+    assert r.stdout.count("tokenizing ") == 1  # the data is prepared once, by rank 0
     (run,) = (tmp_path / "outputs").glob("*/*")  # one run dir for both ranks
     assert (run / "checkpoints/last.ckpt").is_file() and len(list((run / "tensorboard").rglob("events.*"))) == 1
     assert (run / "train_ddp_process_1.log").is_file()

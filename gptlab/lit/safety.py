@@ -1,0 +1,344 @@
+"""No work lost: a run stopped by a signal keeps its last step, checkpoints are also written by the clock,
+a non-finite loss stops the run before it can overwrite a good checkpoint, and every checkpoint is written
+whole or not at all.
+
+- `Safeguards` (a callback, added by `train.build`):
+  * Ctrl-C (SIGINT), SIGTERM and SLURM's warning signal (SIGUSR1, `--signal=USR1@90`) are noted, and at the end
+    of the step under way every rank saves `last.ckpt` through ModelCheckpoint's own path, then the run stops
+    with `Interrupted` (train prints how to resume; exit 128 + the signal's number). Under SLURM, with
+    Lightning's auto-requeue on, the warning signal also requeues the job (`scontrol requeue`), and the
+    requeued job resumes from that last.ckpt (`requeued_run`). A second Ctrl-C stops at once, unsaved.
+  * `checkpoint_every` (DD:HH:MM:SS): last.ckpt is also saved once that much time has passed since the last
+    checkpoint, whatever the validation interval.
+  * a NaN or Inf training loss raises `NonFiniteLoss` (one line: the step, the last good checkpoint, a hint)
+    before anything else is saved.
+  Under DDP the ranks agree on these flags at every step (one all-reduce of three numbers), so they all save,
+  and stop, at the same step. On a GPU the answer read is the previous step's, copied to the host without
+  waiting, so the checks cost no host-device sync per step; before any checkpoint is written (a validation's,
+  the clock's, an interrupt's) the current step's loss is checked at once.
+- `AtomicCheckpointIO` (the Trainer's checkpoint plugin): each checkpoint is written to a temporary file beside
+  it and renamed (`files.atomic_write`), so a run killed while saving leaves the previous file loadable.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from gptlab.errors import GptlabError
+from gptlab.files import atomic_write
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+INTERRUPT, SAVE, NONFINITE = range(3)  # the per-step flags the ranks agree on
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through a temporary file and a rename: a kill at any moment leaves either
+    the previous checkpoint or the new one. (Lightning's own "atomic" save stages the file in /tmp, from where
+    the move is a copy when /tmp is another filesystem.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or "://" in str(path):  # Lightning's message, or a remote filesystem
+            return super().save_checkpoint(checkpoint, path, storage_options)
+
+        def write(f: Any) -> None:
+            os.fchmod(f.fileno(), _default_file_mode())  # the temporary file is private (0600); the checkpoint not
+            torch.save(checkpoint, f)
+
+        path = Path(path)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while it saved
+            stale.unlink(missing_ok=True)
+        atomic_write(path, write)
+
+
+def _default_file_mode() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal after saving its step (BaseException: like KeyboardInterrupt, not an
+    error). `train` reports it and exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Optional[Path], requeued: Optional[str] = None) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.checkpoint, self.requeued = signum, step, checkpoint, requeued
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def report(self, run_dir: str, command: str) -> str:
+        """What the person at the terminal needs: where the work is and the command that continues it."""
+        name = signal.Signals(self.signum).name
+        if self.checkpoint is None:
+            return f"\ninterrupted by {name} at step {self.step}: nothing saved (this run writes no last.ckpt)"
+        lines = [f"\ninterrupted by {name} at step {self.step}: saved {self.checkpoint}",
+                 f"resume with:  {command} ckpt_path={shlex.quote(str(run_dir))}"]
+        if self.requeued:
+            lines.append(f"SLURM job {self.requeued} requeued: it resumes from there when it starts again")
+        return "\n".join(lines)
+
+
+class NonFiniteLoss(GptlabError):
+    """The training loss became NaN or Inf; nothing was saved after it. (A sweep records the job as `nan`.)"""
+
+
+def seconds(duration: str, key: str = "checkpoint_every") -> float:
+    """"DD:HH:MM:SS" -> seconds (the format of trainer.max_time); anything else is one line naming the key."""
+    parts = str(duration).split(":")
+    try:
+        d, h, m, s = (int(p) for p in parts)
+    except ValueError:
+        d = h = m = s = -1
+    total = ((d * 24 + h) * 60 + m) * 60 + s
+    if len(parts) != 4 or min(d, h, m, s) < 0 or total <= 0:
+        raise GptlabError(f"{key}={duration} is not a duration DD:HH:MM:SS above zero (e.g. 00:00:10:00), or null")
+    return float(total)
+
+
+def save_last(trainer: L.Trainer) -> Optional[Path]:
+    """Write last.ckpt now, through ModelCheckpoint's own path for it, so that `ckpt_path=RUN` finds it and the
+    callback's state stays right. Every rank must call this (Lightning's save has a barrier; rank 0 writes).
+    None where the run keeps no last.ckpt (debug=fast, no ModelCheckpoint, save_last off)."""
+    cb = trainer.checkpoint_callback
+    if trainer.fast_dev_run or not isinstance(cb, ModelCheckpoint) or not cb.save_last:
+        return None
+    saved_at = cb._last_global_step_saved
+    cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+    cb._last_global_step_saved = saved_at  # so that a validation at this same step still saves best.ckpt
+    return Path(cb.last_model_path)
+
+
+def requeue_slurm_job(trainer: L.Trainer) -> Optional[str]:
+    """Queue this SLURM job again, as Lightning's SLURMEnvironment does on its signal when auto_requeue is on
+    (the default under SLURM); the job id, or None where Lightning does not run under SLURM or it failed."""
+    env = trainer._accelerator_connector.cluster_environment  # what Lightning's own signal handling reads
+    if not (isinstance(env, SLURMEnvironment) and env.auto_requeue and "SLURM_JOB_ID" in os.environ):
+        return None
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    except FileNotFoundError:
+        return None
+    return job if done.returncode == 0 else None
+
+
+def requeued_run(out_dir: Path) -> Optional[Path]:
+    """The run dir of a SLURM job started again after a requeue (SLURM_RESTART_COUNT > 0) that left a
+    last.ckpt there: the job resumes it instead of refusing the folder."""
+    if os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+        return None
+    return out_dir if (out_dir / "checkpoints" / "last.ckpt").is_file() else None
+
+
+class _AgreedFlags:
+    """Per-step flags that every rank sees alike: the max over the ranks of each rank's own. On a CUDA device
+    the answer is the previous call's, copied to the host without waiting (no host-device sync per step)."""
+
+    def __init__(self) -> None:
+        self._in_flight: Optional[tuple[torch.Tensor, torch.cuda.Event, int]] = None
+
+    def exchange(self, trainer: L.Trainer, flags: torch.Tensor, step: int) -> Optional[tuple[list[float], int]]:
+        """Send this call's flags (for `step`); return the flags now known and the step they belong to."""
+        _max_over_ranks(trainer, flags)
+        if flags.device.type != "cuda":
+            return flags.tolist(), step
+        known = self.wait()
+        host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+        host.copy_(flags, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self._in_flight = (host, done, step)
+        return known
+
+    def wait(self) -> Optional[tuple[list[float], int]]:
+        """The flags still on their way to the host, waiting for them; None if there are none."""
+        if self._in_flight is None:
+            return None
+        host, done, step = self._in_flight
+        self._in_flight = None
+        done.synchronize()
+        return host.tolist(), step
+
+
+def _max_over_ranks(trainer: L.Trainer, t: torch.Tensor) -> None:
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+
+
+class Safeguards(Callback):
+    """Stop on a signal with the step saved, save by the clock, stop on a non-finite loss (see the module's
+    docstring). checkpoint_every: DD:HH:MM:SS between last.ckpt saves besides validation's; None: only those."""
+
+    def __init__(self, checkpoint_every: Optional[str] = None) -> None:
+        self.every_s = seconds(checkpoint_every) if checkpoint_every else None
+        self.signum: Optional[int] = None  # the first stop signal this process received
+        self._pid = os.getpid()
+        self._rank_zero = True
+        self._training = False
+        self._handlers: dict[int, Any] = {}  # the handlers ours replaced, put back at teardown
+        self._flags = _AgreedFlags()
+        self._stop = 0  # agreed: the signal to stop for, once every rank knows
+        self._save_asked: Optional[int] = None  # agreed: the step at which a clock save was asked for
+        self._next_save = float("inf")  # rank 0: when the clock asks for a save
+        self._step_seen = 0
+        self._good: tuple[Optional[str], Optional[int]] = (None, None)  # the last checkpoint (path, step)
+
+    # --- signals: noted by the handler, acted on at the end of a step ---
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a DataLoader worker forked from this process: the main process saves and stops the run
+        if not self._training:  # before training starts or after it ended: what the signal would do anyway
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # Ctrl-C twice: stop at once, without saving
+            return
+        self.signum = signum
+        if self._rank_zero:
+            # os.write, not print: a handler that prints while the interrupted code prints raises an error
+            again = " (Ctrl-C again: stop without saving)" if signum == signal.SIGINT else ""
+            os.write(2, f"\n{signal.Signals(signum).name}: saving at the end of this step{again}\n".encode())
+
+    def _install(self, signums: tuple[int, ...]) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (a run inside a thread keeps the defaults)
+        for s in signums:
+            self._handlers.setdefault(s, signal.getsignal(s))
+            signal.signal(s, self._on_signal)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # before the DataLoader workers are forked, so that they inherit a handler that leaves the decision to
+        # the main process (a worker killed by SLURM's signal would take the run down with it); and before
+        # Lightning's SLURM handler, which then stands aside (it saves inside the handler, in mid-step)
+        if stage == "fit":
+            self._pid, self._rank_zero = os.getpid(), trainer.is_global_zero
+            env = trainer._accelerator_connector.cluster_environment
+            requeue = getattr(env, "requeue_signal", None) if isinstance(env, SLURMEnvironment) else None
+            self._install(STOP_SIGNALS + ((requeue,) if requeue and requeue not in STOP_SIGNALS else ()))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has wrapped our SIGTERM handler in its own, which stops the ranks where each happens to be
+        # (and then only at a step's end without a save): ours alone decides from here on
+        self._install((signal.SIGTERM,))
+        self._training = True
+        self._step_seen = trainer.global_step
+        if trainer.ckpt_path:  # a resumed run: the checkpoint it started from is good
+            self._good = (str(trainer.ckpt_path), trainer.global_step)
+        if self.every_s is not None:
+            self._next_save = time.monotonic() + self.every_s
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._settle(trainer)
+        self._training = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._training = False
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s, handler in self._handlers.items():
+                signal.signal(s, handler)
+        self._handlers.clear()
+
+    # --- every step ---
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stepped = trainer.global_step != self._step_seen  # False inside a gradient accumulation
+        self._step_seen = trainer.global_step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        flags = torch.zeros(3, device=pl_module.device)
+        if self.signum:
+            flags[INTERRUPT] = self.signum
+        if self._clock_asks(trainer):
+            flags[SAVE] = 1
+        if isinstance(loss, torch.Tensor):
+            flags[NONFINITE] = torch.logical_not(torch.isfinite(loss)).any()
+        self._act_on(trainer, self._flags.exchange(trainer, flags, trainer.global_step + (not stepped)))
+        if not stepped or not (self._stop or self._save_asked is not None):
+            return
+        if isinstance(loss, torch.Tensor):
+            self._refuse_nonfinite(trainer, loss)  # nothing is saved from weights that a NaN has reached
+        stop, asked, self._save_asked = self._stop, self._save_asked, None
+        saved_since = asked is not None and self._good[1] is not None and self._good[1] >= asked
+        if not stop and saved_since:
+            return  # a validation saved after the clock asked
+        path = save_last(trainer)
+        if stop:
+            # SLURM's warning signal (neither Ctrl-C nor a plain kill): rank 0 queues the job again
+            requeue = trainer.is_global_zero and stop not in (signal.SIGINT, signal.SIGTERM)
+            raise Interrupted(stop, trainer.global_step, path, requeue_slurm_job(trainer) if requeue else None)
+
+    def _clock_asks(self, trainer: L.Trainer) -> bool:
+        """Rank 0 decides when a clock save is due, once per period (the save sets the next time)."""
+        if not trainer.is_global_zero or time.monotonic() < self._next_save:
+            return False
+        self._next_save = float("inf")
+        return True
+
+    def _act_on(self, trainer: L.Trainer, known: Optional[tuple[list[float], int]]) -> None:
+        if known is None:
+            return
+        flags, step = known
+        if flags[NONFINITE]:
+            raise NonFiniteLoss(self._message(trainer, step))
+        self._stop = self._stop or int(flags[INTERRUPT])
+        if flags[SAVE] and self._save_asked is None:
+            self._save_asked = step
+
+    def _settle(self, trainer: L.Trainer) -> None:
+        """Wait for the flags on their way (a GPU's): before a checkpoint is written, a NaN must be known."""
+        self._act_on(trainer, self._flags.wait())
+
+    def _refuse_nonfinite(self, trainer: L.Trainer, loss: torch.Tensor) -> None:
+        bad = torch.logical_not(torch.isfinite(loss)).any().float().reshape(1)
+        _max_over_ranks(trainer, bad)
+        if bad.item():
+            raise NonFiniteLoss(self._message(trainer, trainer.global_step))
+
+    # --- every checkpoint: validation's (ModelCheckpoint) and ours ---
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._settle(trainer)  # ModelCheckpoint saves after this validation
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._settle(trainer)  # ModelCheckpoint may save here (a run without validation)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._good = (None, trainer.global_step)  # its path: ModelCheckpoint's, read when it is needed
+        if self.every_s is not None:
+            self._next_save = time.monotonic() + self.every_s
+
+    def _message(self, trainer: L.Trainer, step: int) -> str:
+        path, at = self._good
+        cb = trainer.checkpoint_callback
+        path = path or getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+        good = f"the last good checkpoint is {path} (step {at}), left as it was" if path and at is not None \
+            else "no checkpoint was written before it"
+        hints = ["lower optim.lr"]
+        if str(trainer.precision).startswith("16"):
+            hints.append(f"trainer.precision=bf16-mixed instead of {trainer.precision}")
+        clip = trainer.gradient_clip_val
+        hints.append(f"keep trainer.gradient_clip_val (now {clip})" if clip else "set trainer.gradient_clip_val=1.0")
+        return f"train/loss is NaN or Inf at step {step}: training stopped; {good} | try: {', '.join(hints)}"

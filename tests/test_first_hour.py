@@ -58,12 +58,11 @@ def byte_run(tmp_path_factory, cache_dir):
 
 @pytest.mark.parametrize("form", ["key=value", "--flag value"])
 def test_prompts_are_taken_as_typed_through_the_cli(byte_run, tmp_path, form):
-    for name, text in TEXTS.items():
-        args = [f"prompt={text}"] if form == "key=value" else ["--prompt", text]
-        r = run("gptlab.generate", f"ckpt_path={byte_run}", *args, "max_new_tokens=3", "temperature=0",
-                cwd=tmp_path)
-        assert r.returncode == 0, (name, r.stderr[-1500:])
-        assert r.stdout.startswith(text), (name, r.stdout[:200])
+    text = " | ".join(TEXTS.values())  # every kind of character at once: one process per form
+    args = [f"prompt={text}"] if form == "key=value" else ["--prompt", text]
+    r = run("gptlab.generate", f"ckpt_path={byte_run}", *args, "max_new_tokens=3", "temperature=0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.startswith(text), r.stdout[:300]
 
 
 def test_prompt_from_standard_input_and_the_front_door(byte_run, tmp_path):
@@ -165,7 +164,7 @@ def test_help_lists_what_each_entry_point_takes(tmp_path):
 
 
 def test_debug_fast_says_what_happened(tmp_path, cache_dir):
-    r = run("gptlab.train", "model=nano", "debug=fast", cwd=tmp_path, cache=cache_dir)
+    r = run("gptlab.train", "model=nano", "debug=fast", "data.batch_size=4", cwd=tmp_path, cache=cache_dir)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "debug=fast writes no checkpoints" in r.stdout and "no validation ran" not in r.stdout
     assert not list(tmp_path.glob("outputs/*/*/checkpoints/*.ckpt"))
@@ -174,7 +173,7 @@ def test_debug_fast_says_what_happened(tmp_path, cache_dir):
 def test_start_block_progress_and_no_banners(tmp_path, cache_dir):
     r = run("gptlab.train", "model=nano", "trainer.max_steps=40", "trainer.val_check_interval=20",
             "trainer.limit_val_batches=1", "callbacks.progress_bar.every_n_steps=20", "sample_tokens=0",
-            cwd=tmp_path, cache=cache_dir)
+            "data.batch_size=4", cwd=tmp_path, cache=cache_dir)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
     for head in ("model ", "data ", "device ", "steps ", "run dir "):
@@ -191,8 +190,8 @@ def test_tensorboard_names_runs_by_their_overrides(tmp_path, cache_dir):
     assert r.returncode == 0, r.stderr[-2000:]
     names = sorted(p.parent.name for p in tmp_path.glob("outputs/multirun/*/*/*/tensorboard/*/events.*"))
     assert len(names) == 2 and "optim.lr=0.001" in names[0] and "optim.lr=0.002" in names[1]
-    assert "trainer.max_time=00:00:05:00" in names[0]  # as typed, without Hydra's escapes
-    assert "\\:" not in r.stdout.split("sweep of 2 jobs")[1]  # nor in the printed summary
+    assert not any("\\" in n for n in names)  # as typed, without Hydra's escapes
+    assert "trainer.max_time=00:00:05:00" in r.stdout.split("sweep of 2 jobs")[1]  # in the printed summary too
 
 
 def test_model_generate_in_five_lines(tmp_path, cache_dir):

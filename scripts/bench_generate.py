@@ -1,11 +1,15 @@
 """Generation speed: new tokens/s with and without the KV cache, and against Hugging Face transformers.
 
 Random weights (speed does not depend on them), greedy decoding of a fixed number of new tokens after a
-16-token prompt, at the `small` and `gpt2` model shapes, batch 1 and 8, on the CPU. When `transformers`
-is installed (`pip install transformers`, a benchmark-only dependency) its `GPT2LMHeadModel.generate(
-use_cache=True)` runs on a model of the same shape in the same process.
+16-token prompt, at the `small` and `gpt2` model shapes, batch 1 and 8. When `transformers` is installed
+(`pip install transformers`, a benchmark-only dependency) its `GPT2LMHeadModel.generate(use_cache=True)`
+runs on a model of the same shape, device and dtype in the same process.
 
-    python scripts/bench_generate.py [--new-tokens 256] [--repeats 3]
+    python scripts/bench_generate.py [--new-tokens 256] [--repeats 4] [--device cuda] [--dtype bfloat16] [--compile]
+                                     [--threads 1]
+
+--compile: gptlab compiles its one-token step (`decode_one`; CUDA graphs on a GPU) and transformers gets
+its static cache (`cache_implementation="static"`, which it compiles itself on CUDA).
 
 Last line: `kv-cache tokens/s ratio gptlab/hf: X.XX` (the lowest ratio over the shapes and batch sizes).
 """
@@ -19,6 +23,8 @@ import time
 import torch
 
 from gptlab.model import GPT, GPTConfig, generate
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 SHAPES = {  # name: (vocab, block, layers, heads, dim)
     "small": (65, 128, 6, 8, 256),
@@ -56,29 +62,45 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    ap.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations, both sides")
+    ap.add_argument("--compile", action="store_true", help="torch.compile gptlab's decode step (see above)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 is steadier on a "
+                    "machine that other jobs share, where a thread kept waiting stalls every parallel op")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.new_tokens} new tokens after a "
-          f"16-token prompt (fewer where the context is shorter), greedy, median of {args.repeats}")
+    print(f"torch {torch.__version__}, {device} ({torch.get_num_threads()} CPU threads), {args.dtype}, "
+          f"compile={args.compile}, {args.new_tokens} new tokens after a 16-token prompt (fewer where the context "
+          f"is shorter), greedy, median of {args.repeats}")
+
+    def synced(fn):  # CUDA runs asynchronously: a run ends when the device is done
+        return lambda: (fn(), torch.cuda.synchronize(device) if device.type == "cuda" else None)
+
     hf_ratios = []
     for name in args.shapes:
         vocab, block, layers, heads, dim = SHAPES[name]
         model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embd=dim,
-                              dropout=0.0)).eval()
+                              dropout=0.0)).eval().to(device, dtype)
         hf = hf_model(vocab, block, layers, heads, dim)
+        hf = hf.to(device, dtype) if hf is not None else None
+        hf_extra = {"cache_implementation": "static"} if args.compile else {}
         n = min(args.new_tokens, block - 16)  # transformers' GPT-2 cannot go past its context; keep both inside it
         for batch in (1, 8):
-            prompt = torch.randint(0, vocab, (batch, 16))
-            fns = {"cache": lambda: generate(model, prompt, n, temperature=0)}
+            prompt = torch.randint(0, vocab, (batch, 16), device=device)
+            fns = {"cache": synced(lambda: generate(model, prompt, n, temperature=0, compile=args.compile))}
             if hf is not None:
-                fns["hf"] = lambda: hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                                use_cache=True, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+                fns["hf"] = synced(lambda: hf.generate(
+                    prompt, attention_mask=torch.ones_like(prompt), do_sample=False, use_cache=True, max_new_tokens=n,
+                    min_new_tokens=n, pad_token_id=0, **hf_extra))
             with torch.inference_mode():
                 rate = {k: batch * n / v for k, v in timed(fns, args.repeats).items()}
                 # without the cache every step re-reads the whole context: at the gpt2 shape that takes
                 # minutes per run, so it is timed once, at batch 1
                 if not (name == "gpt2" and batch > 1):
-                    no_cache = lambda: generate(model, prompt, n, temperature=0, use_cache=False)  # noqa: E731
+                    no_cache = synced(lambda: generate(model, prompt, n, temperature=0, use_cache=False))
                     rate["no cache"] = batch * n / timed({"x": no_cache}, 1, warmup=False)["x"]
             line = "  ".join(f"{k} {v:8,.0f}" for k, v in rate.items())
             extra = ""

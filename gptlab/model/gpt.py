@@ -26,6 +26,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class GPTConfig:
+    """The GPT's shape and options. The defaults are model=small: ~4.8M parameters, trains on a laptop CPU."""
+
     vocab_size: Optional[int] = None  # None: taken from the tokenizer when the model is built
     block_size: int = 128  # longest context the model sees (size of the position table)
     n_layer: int = 6
@@ -79,9 +81,14 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache: Optional[KVCache] = None  # set by GPT.setup_caches, for generation
 
     def forward(
-        self, x: torch.Tensor, kv_cache: Optional["KVCache"] = None, need_weights: bool = False
+        self,
+        x: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        need_weights: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
@@ -89,37 +96,33 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        past = 0
-        if kv_cache is not None:
-            past = kv_cache.length
-            k, v = kv_cache.append(k, v)  # (B, nh, past+T, hs)
+        if input_pos is not None:  # generation: store the new keys and values, attend over the whole cache
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, L, hs)
 
         weights = None
         dropout_p = self.dropout if self.training else 0.0
-        if self.explicit or need_weights:
-            y, weights = explicit_attention(q, k, v, past, self.attn_dropout)
-        elif past == 0:
+        # one new token on the CPU: the plain math beats the fused kernel, which is made for many queries
+        # (3-7x in bf16)
+        if self.explicit or need_weights or (T == 1 and x.device.type == "cpu"):
+            y, weights = explicit_attention(q, k, v, mask, self.attn_dropout)
+        elif mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif T == 1:  # one new token: it may see every cached key, so no mask at all
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:  # a chunk after a cache: query i sits at position past+i
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, x.device), dropout_p=dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y)), weights
 
 
-def causal_mask(T: int, past: int, device: torch.device) -> torch.Tensor:
-    """(T, past+T) boolean mask, True where query i (at position past+i) may look at key j."""
-    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
-
-
 def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, dropout: nn.Module
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], dropout: nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q K^T / sqrt(hs)) V with the causal mask, returning the weights too (B, nh, T, past+T)."""
-    T = q.size(-2)
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, past+T)
-    att = att.masked_fill(~causal_mask(T, past, q.device), float("-inf"))
+    """softmax(Q K^T / sqrt(hs)) V, returning the weights too (B, nh, T, S). mask (T, S): True where query i
+    may look at key j; None: causal (query i sees keys 0..i)."""
+    T, S = q.size(-2), k.size(-2)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, S)
+    att = att.masked_fill(~mask, float("-inf"))
     att = F.softmax(att, dim=-1)
     return dropout(att) @ v, att  # (B, nh, T, hs)
 
@@ -149,35 +152,43 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, kv_cache: Optional["KVCache"] = None, need_weights: bool = False
+        self,
+        x: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        need_weights: bool = False,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.pre_norm:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
-            a, w = self.attn(self.ln_1(x), kv_cache, need_weights)
+            a, w = self.attn(self.ln_1(x), input_pos, mask, need_weights)
             x = x + a
             x = x + self.mlp(self.ln_2(x))
         else:  # GPT-1 / original Transformer: LN(x + f(x))
-            a, w = self.attn(x, kv_cache, need_weights)
+            a, w = self.attn(x, input_pos, mask, need_weights)
             x = self.ln_1(x + a)
             x = self.ln_2(x + self.mlp(x))
         return x, w
 
 
 class KVCache:
-    """Keys and values of one attention layer for the tokens seen so far, preallocated to `max_len`."""
+    """Keys and values of one attention layer for generation, preallocated: 2 x (B, nh, max_len, hs).
+
+    A step writes its tokens' keys and values at their positions and attends over the whole cache, the
+    positions not yet written masked out: every one-token step has the same shapes, which CUDA graphs need.
+    """
 
     def __init__(self, batch: int, n_head: int, max_len: int, head_size: int, device, dtype) -> None:
-        self.k = torch.empty(batch, n_head, max_len, head_size, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
-        self.length = 0
+        # zeros, not empty: a masked position weighs 0, but 0 * NaN (uninitialised memory) would still be NaN
+        self.k = torch.zeros(batch, n_head, max_len, head_size, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        if self.k.is_cuda:  # a fixed address: a CUDA graph updates the cache in place instead of copying it
+            torch._dynamo.mark_static_address(self.k)
+            torch._dynamo.mark_static_address(self.v)
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.size(2)
-        if end > self.k.size(2):
-            raise ValueError(f"KV cache holds {self.k.size(2)} positions; cannot append up to {end}")
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) at positions input_pos (T,); return the whole cache, 2 x (B, nh, max_len, hs)."""
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
 
 
 class GPT(nn.Module):
@@ -222,15 +233,30 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self,
-        idx: torch.Tensor,
-        targets: Optional[torch.Tensor] = None,
-        kv_caches: Optional[list[KVCache]] = None,
+        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, input_pos: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy."""
-        x = self._embed(idx, kv_caches[0].length if kv_caches else 0)
-        for i, block in enumerate(self.transformer.h):
-            x, _ = block(x, kv_caches[i] if kv_caches else None)
+        """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
+
+        input_pos (T,), for generation: the positions of idx's tokens in the KV caches (`setup_caches`). Their
+        keys and values are written there, each token attends to the cached positions up to its own, and
+        only the last token's logits are computed, (B, 1, vocab): generation reads no others.
+        """
+        T = idx.size(1)
+        if input_pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than model.block_size={self.config.block_size}")
+            pos, mask = torch.arange(T, device=idx.device), None  # None: causal attention within idx
+        else:
+            cache = self.transformer.h[0].attn.kv_cache
+            if cache is None:
+                raise ValueError("input_pos needs KV caches: call model.setup_caches(batch, max_len) first")
+            # (T, L): cached position j is visible to the token at input_pos[i] when j <= input_pos[i]
+            pos, mask = input_pos, torch.arange(cache.k.size(2), device=idx.device) <= input_pos.unsqueeze(1)
+        x = self._embed(idx, pos)
+        for block in self.transformer.h:
+            x, _ = block(x, input_pos, mask)
+        if input_pos is not None:
+            x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
@@ -239,29 +265,42 @@ class GPT(nn.Module):
 
     def attention_weights(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Attention maps of every layer, each (B, nh, T, T), computed on the explicit path."""
-        x = self._embed(idx, 0)
+        x = self._embed(idx, torch.arange(idx.size(1), device=idx.device))
         maps = []
         for block in self.transformer.h:
             x, w = block(x, need_weights=True)
             maps.append(w)
         return maps
 
-    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
-        B, T = idx.shape
-        if start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than model.block_size={self.config.block_size}"
-            )
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
-        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+    def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) at positions pos (T,) -> (B, T, C)."""
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
 
-    def new_kv_caches(self, batch: int, max_len: Optional[int] = None) -> list[KVCache]:
-        c = self.config
-        w = self.transformer.wte.weight
-        return [
-            KVCache(batch, c.n_head, max_len or c.block_size, c.head_size, w.device, w.dtype)
-            for _ in range(c.n_layer)
-        ]
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        """Give every attention layer a KV cache for `batch` sequences of up to `max_len` positions. Caches of
+        that shape, device and dtype are kept (a compiled decoding step then sees the same tensors from call
+        to call); `clear_caches` frees them."""
+        c, w = self.config, self.transformer.wte.weight
+        old = self.transformer.h[0].attn.kv_cache
+        # an inference-mode tensor cannot be updated outside inference mode: made in one, it serves only there
+        want = ((batch, c.n_head, max_len, c.head_size), w.device, w.dtype, torch.is_inference_mode_enabled())
+        if old is not None and (old.k.shape, old.k.device, old.k.dtype, old.k.is_inference()) == want:
+            return
+        self.clear_caches()  # free the old ones before allocating
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(batch, c.n_head, max_len, c.head_size, w.device, w.dtype)
+
+    def clear_caches(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, **kwargs) -> torch.Tensor:
+        """Continue idx (B, T) by max_new_tokens sampled tokens -> (B, T + n), as nanoGPT's model.generate.
+        Other options (generator, stop_token, compile, ...): gptlab.model.sampling.generate's."""
+        from gptlab.model.sampling import generate  # here: sampling imports this module
+
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, **kwargs)
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
         """Training FLOPs per token (forward + backward): 6 per weight, plus attention's QK^T and AV

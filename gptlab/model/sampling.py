@@ -6,6 +6,7 @@ end-of-run sample all call it, so they treat prompts, end-of-text and padded voc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -21,11 +22,12 @@ if TYPE_CHECKING:  # the model knows tokenizers only by this interface
 class SamplingConfig:
     """How text is sampled from a model."""
 
-    max_new_tokens: int = 500
+    max_new_tokens: int = 500  # how many tokens to add to the prompt
     temperature: float = 0.8  # 0: greedy (always the most likely token)
     top_k: Optional[int] = 200  # sample among the k most likely tokens; null: all
     top_p: Optional[float] = None  # nucleus sampling, in (0, 1]
     use_cache: bool = True  # KV cache: read the prompt once, then one token per step
+    compile: Optional[bool] = None  # torch.compile the one-token step (CUDA graphs on a GPU); null: on CUDA only
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -74,16 +76,17 @@ def complete(
     eot = tokenizer.eot_id
     stopped = False  # the first sample reached end-of-text: nothing more of it is shown
 
-    def on_token(nxt: torch.Tensor) -> None:
+    def on_token(nxt: torch.Tensor) -> None:  # streaming only: reading a token waits for the device
         nonlocal stopped
         token = int(nxt[0, 0])
         stopped = stopped or token == eot
-        if on_text is not None and not stopped:
+        if not stopped:
             on_text(decoder.push(token))
 
     out = generate(model, idx, sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
                    top_p=sampling.top_p, generator=gen, use_cache=sampling.use_cache, stop_token=eot,
-                   on_token=on_token, vocab_size=tokenizer.vocab_size)
+                   on_token=on_token if on_text is not None else None, vocab_size=tokenizer.vocab_size,
+                   compile=sampling.compile)
     if on_text is not None:
         on_text(decoder.flush())
     texts = []
@@ -120,11 +123,23 @@ def sample_next(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """Pick the next token of each row. logits: (B, V) -> (B, 1)."""
+    logits = logits.float()  # softmax is more accurate in fp32, and a bf16 argmax is slow on CPUs
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    logits = filter_logits(logits / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def decode_one(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    """One step with the KV caches: token (B, 1) at position input_pos (1,) -> next-token logits (B, vocab).
+    Its shapes never change, so torch.compile can capture it whole as a CUDA graph."""
+    return model(token, input_pos=input_pos)[0][:, -1]
+
+
+@functools.cache
+def compiled_decode_one(mode: str) -> Callable[[GPT, torch.Tensor, torch.Tensor], torch.Tensor]:
+    return torch.compile(decode_one, mode=mode, fullgraph=True)
 
 
 @torch.no_grad()
@@ -140,41 +155,62 @@ def generate(
     stop_token: Optional[int] = None,
     on_token: Optional[Callable[[torch.Tensor], None]] = None,
     vocab_size: Optional[int] = None,
+    compile: Optional[bool] = None,
 ) -> torch.Tensor:
-    """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n).
+    """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n), on the model's device.
 
-    Without a cache every step re-reads the last block_size tokens. With it, the prompt is read once
-    (prefill) and each step feeds only the newest token. When the cache is full the window slides: the
-    last 3/4 of a block is read again into a fresh cache (positions are absolute, so old keys cannot be
-    shifted). Generation stops early once every row has produced stop_token. vocab_size: sample only
-    ids below it, for a model whose vocabulary is padded past its tokenizer's (the padding ids are
-    never trained towards, and an untrained model would pick them). The settings are checked where they
-    are read (SamplingConfig).
+    The model reads a window of at most block_size tokens. Without a cache it re-reads the whole window
+    every step. With one (`GPT.setup_caches`), the window is read once (prefill) and each step feeds only
+    the newest token (`decode_one`); compile: torch.compile that step (None: on CUDA, where it runs as a
+    CUDA graph). A full window slides: positions are absolute, so cached keys cannot be shifted, and the
+    last 3/4 of a block is read again (both paths slide alike, so they agree token for token).
+
+    Generation stops early once every row has produced stop_token. vocab_size: sample only ids below it,
+    for a model whose vocabulary is padded past its tokenizer's (the padding ids are never trained
+    towards, and an untrained model would pick them). on_token is called with each new (B, 1) token.
+    The settings are checked where they are read (SamplingConfig); the generator must be on the model's
+    device.
     """
+    device = model.transformer.wte.weight.device
     block = model.config.block_size
+    B, T = idx.shape
+    out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=device)  # the prompt, then the new tokens
+    out[:, :T] = idx
+    if compile is None:
+        compile = device.type == "cuda"
+    step = compiled_decode_one("reduce-overhead" if device.type == "cuda" else "default") if compile else decode_one
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    t, start = T, max(0, T - block)  # the model reads the window out[:, start:t]
+    input_pos: Optional[torch.Tensor] = None  # where the cache's next token goes; None: (re)read the window
     was_training = model.training
     model.eval()
-    caches, fed = None, 0  # fed: how many tokens of idx the cache holds
-    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     try:
-        for _ in range(max_new_tokens):
+        if use_cache and max_new_tokens > 0:
+            model.setup_caches(B, min(block, T + max_new_tokens))
+        for i in range(max_new_tokens):
+            if t - start > block:  # the window is full: slide it, to be read again
+                start, input_pos = t - max(1, 3 * block // 4), None
             if not use_cache:
-                logits, _ = model(idx[:, -block:])
+                logits = model(out[:, start:t])[0][:, -1]
+            elif input_pos is None:  # prefill: the whole window in one pass
+                logits = model(out[:, start:t], input_pos=torch.arange(t - start, device=device))[0][:, -1]
+                input_pos = torch.tensor([t - start], device=device)
             else:
-                if caches is None or caches[0].length + (idx.size(1) - fed) > block:
-                    keep = min(idx.size(1), block if caches is None else max(1, 3 * block // 4))
-                    caches, fed = model.new_kv_caches(idx.size(0)), idx.size(1) - keep
-                logits, _ = model(idx[:, fed:], kv_caches=caches)
-                fed = idx.size(1)
-            nxt = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
+                logits = step(model, nxt, input_pos)
+                input_pos += 1  # on the device: no host-to-device copy per token
+            nxt = sample_next(logits[:, :vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
             if stop_token is not None:
                 nxt = nxt.masked_fill(done.unsqueeze(1), stop_token)  # finished rows only pad
                 done |= nxt.squeeze(1) == stop_token
-            idx = torch.cat([idx, nxt], dim=1)
+            out[:, t : t + 1] = nxt
+            t += 1
             if on_token is not None:
                 on_token(nxt)
-            if stop_token is not None and bool(done.all()):
+            # reading `done` waits for the device: read it every 16 tokens, and cut what follows the last stop
+            if stop_token is not None and (i % 16 == 15 or i == max_new_tokens - 1) and bool(done.all()):
+                first_stop = (out[:, T:t] == stop_token).int().argmax(dim=1)  # (B,)
+                t = T + int(first_stop.max()) + 1  # where the last row stopped
                 break
     finally:
         model.train(was_training)
-    return idx
+    return out[:, :t]

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from gptlab.data import RandomWindows, TokenFiles, prepare_tokens, read_text
 from gptlab.data.sources import SHAKESPEARE, find_or_download
-from gptlab.devices import pick_device
+from gptlab.devices import measured_matmul_flops, pick_device
 from gptlab.config import register_configs
 from gptlab.lit import GPTLitModule
 from gptlab.lit.optim import AdamWConfig
@@ -50,16 +50,9 @@ def sync(device: torch.device) -> None:
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
-    """FLOP/s of an n x n matmul in `dtype`: the practical peak MFU is measured against."""
-    n, reps = (8192, 50) if device.type == "cuda" else (2048, 5)
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+    """FLOP/s of a large matmul in `dtype`: the practical peak MFU is measured against (as gptlab does for
+    devices it has no data sheet figure for)."""
+    return measured_matmul_flops(device, dtype)
 
 
 def loader(tokens, block: int, batch: int, seed: int, device: torch.device) -> DataLoader:

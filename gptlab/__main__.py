@@ -10,7 +10,8 @@ import sys
 COMMANDS = {
     "train": "train a GPT (Hydra configs; --help lists the groups)",
     "generate": "sample text from a trained model",
-    "eval": "loss, perplexity and bits per character of a trained model",
+    "eval": "loss, perplexity and bits per character of a trained model (data=chat: exact-match of answers)",
+    "chat": "talk to a model fine-tuned on conversations",
     "inspect": "attention maps of a trained model for one prompt (PNG, HTML page, summary)",
     "export": "a trained model as a Hugging Face folder (transformers loads it)",
 }

@@ -93,13 +93,27 @@ class GenerateConfig(SamplingConfig):
 
 
 @dataclass
+class ChatConfig(SamplingConfig):
+    """python -m gptlab.chat: talk to a model fine-tuned on conversations."""
+
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    system: Optional[str] = None  # a system message that opens the conversation, taken as typed
+    max_new_tokens: int = 256  # the longest answer, in tokens
+    seed: int = 1337  # the same seed, settings and messages give the same answers
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
+
+
+@dataclass
 class EvalDataConfig:
+    kind: str = "text"  # text: windows of a text; chat: conversations (data=chat): answer loss and exact match
     path: Optional[str] = None  # None: the checkpoint's own validation split
     batch_size: Optional[int] = None  # None: the run's validation batch size
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.kind not in ("text", "chat"):
+            raise ValueError(f"data.kind={self.kind} is not one of text, chat")
 
 
 @dataclass
@@ -164,6 +178,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="chat_schema", node=ChatConfig)
 
 
 def literal(text: str) -> str:

@@ -14,12 +14,14 @@ import dataclasses
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from gptlab import checkpoint, cli
 from gptlab.config import EvalConfig, register_configs, to_spec, tokenizer_spec
@@ -28,8 +30,10 @@ from gptlab.devices import pick_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.trainer import TrainerConfig
+from gptlab.model import SamplingConfig
 
 register_configs()
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, nothing to act on
 
 
 def run(node: DictConfig) -> dict:
@@ -39,6 +43,8 @@ def run(node: DictConfig) -> dict:
     run_cfg = loaded.config
     trained = TrainerConfig(**{k: v for k, v in (run_cfg.get("trainer") or {}).items()
                                if k in TrainerConfig.__dataclass_fields__ and k in ("precision", "limit_val_batches")})
+    if cfg.data.kind == "chat" or (not cfg.data.path and (run_cfg.get("data") or {}).get("kind") == "chat"):
+        return run_chat(cfg, loaded, device, trained)
     block = loaded.model.config.block_size
     module = GPTLitModule(loaded.model.config, tokenizer=loaded.tokenizer, gpt=loaded.model, run_config=run_cfg,
                           val_tokens_per_char=loaded.record["val_tokens_per_char"])
@@ -79,6 +85,78 @@ def run(node: DictConfig) -> dict:
     out.write_text(json.dumps(result, indent=2))
     print(f"{'written':<12}{out}")
     return result
+
+
+def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: TrainerConfig) -> dict:
+    """Conversations: the loss on the answer tokens (as the run's validation computes it) and the exact-match
+    accuracy of greedy answers, every assistant turn answered from the conversation before it."""
+    from gptlab.data import chat
+    from gptlab.model.chat import fit, greedy_answers, room
+    from gptlab.tokenizers.chat import has_template
+
+    tok, model = loaded.tokenizer, loaded.model
+    if not has_template(tok):
+        raise GptlabError(f"{loaded.path} was not fine-tuned on conversations (its tokenizer has no chat markers): "
+                          "train it with data=chat first, or evaluate it on text without data=chat")
+    if cfg.data.path:
+        convs, name = chat.read_conversations(cfg.data.path), str(cfg.data.path)
+    else:
+        run_data = loaded.config.get("data") or {}
+        _, convs, _ = chat.split(run_data["path"], run_data.get("val_fraction", DataConfig.val_fraction))
+        name = "val split"
+    block = model.config.block_size
+    rows = chat.encode(tok, convs, block + 1, overflow="truncate")
+    module = GPTLitModule(model.config, tokenizer=tok, gpt=model, val_tokens_per_char=chat.tokens_per_char(rows, tok))
+    trainer = L.Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
+                        precision=trained.precision, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(module, dataloaders=chat.loader(rows, cfg.data.batch_size or 64), verbose=False)
+
+    questions, gold, budgets, owner = [], [], [], []
+    for n, c in enumerate(convs):
+        for k, m in enumerate(c.messages):
+            if m["role"] == "assistant" and k > 0:
+                ids, _ = fit(tok, c.messages[:k], room(model, GREEDY_EVAL))
+                questions.append(ids)
+                gold.append(m["content"])
+                budgets.append(len(tok.encode(m["content"])) + 1 if m["content"] else 1)  # the answer, then <|end|>
+                owner.append(n)
+    model.to(device)
+    with tqdm(total=len(questions), desc="answers", unit="answer", disable=None, leave=False) as bar:
+        answers = greedy_answers(model, tok, questions, budgets, batch_size=cfg.data.batch_size or 64,
+                                 on_batch=bar.update)
+    right = [a == g for a, g in zip(answers, gold)]
+    all_right = {n: True for n in owner}
+    for n, ok in zip(owner, right):
+        all_right[n] &= ok
+    result = {
+        "checkpoint": str(loaded.path), "step": loaded.step, "data": name, "conversations": len(convs),
+        "answers": len(right), "exact_match": sum(right) / max(1, len(right)),
+        "conversations_exact": sum(all_right.values()) / max(1, len(all_right)),
+        "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"], "answer_tokens": rows.targets,
+    }
+    tasks = sorted({convs[n].task for n in owner if convs[n].task})
+    if tasks:
+        result["exact_match_by_task"] = {t: sum(ok for n, ok in zip(owner, right) if convs[n].task == t) /
+                                         sum(convs[n].task == t for n in owner) for t in tasks}
+    print(f"{'checkpoint':<14}{loaded.path} (step {loaded.step})\n{'data':<14}{name}: {len(convs):,} conversations, "
+          f"{len(right):,} answers")
+    print(f"{'exact match':<14}{result['exact_match']:.1%} of answers ({sum(right):,} of {len(right):,}, greedy), "
+          f"{result['conversations_exact']:.1%} of conversations")
+    print(f"{'loss':<14}{result['loss']:.4f} nats per answer token ({rows.targets:,} tokens; prompts not scored)")
+    for t, acc in result.get("exact_match_by_task", {}).items():
+        print(f"  {t:<16}{acc:6.1%}")
+    wrong = [(q, g, a) for q, g, a, ok in zip(questions, gold, answers, right) if not ok][:3]
+    for q, g, a in wrong:
+        print(f"  wrong: {tok.decode(q[-40:])!r} -> {a!r} (expected {g!r})")
+    stem = Path(name).stem.replace(" ", "-")
+    out = loaded.path.with_name(f"eval-{loaded.path.stem}-{stem}.json")
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{'written':<14}{out}")
+    return result
+
+
+GREEDY_EVAL = SamplingConfig(max_new_tokens=32, temperature=0.0, top_k=None)
 
 
 def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:

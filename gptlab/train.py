@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab import checkpoint, cli, sweep
 from gptlab.config import (OPTIMIZERS, SCHEDULES, TrainConfig, check_top_level, register_configs, to_spec,
                            tokenizer_spec)
-from gptlab.data import DataConfig, TextDataModule
+from gptlab.data import DataConfig, make_datamodule
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary
@@ -141,7 +141,7 @@ def resumed(cfg: DictConfig, stored: dict, overrides: Optional[list[str]]) -> Di
     return out
 
 
-def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GPTLitModule, TextDataModule]:
+def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GPTLitModule, L.LightningDataModule]:
     """Every object of the run, from a composed config; nothing is written yet. start: the model and the
     tokenizer a run starts from (init_from=) or resumes with, instead of new ones."""
     check_top_level(cfg)
@@ -154,8 +154,8 @@ def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GP
                           "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
     scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)
     tokenizer = start.tokenizer if start else dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
-    datamodule = TextDataModule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
-                                cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
+    datamodule = make_datamodule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
+                                 cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
     module = GPTLitModule(model_spec, optimizer=optimizer, scheduler=scheduler, compile=cfg.compile,
                           run_config=run_config(cfg), tokenizer=start.tokenizer if start else None,
                           gpt=start.model if start and start.weights else None)

@@ -9,8 +9,8 @@ Writes train.jsonl, val.jsonl and test.jsonl into `out`, one conversation a line
     {"task": "add", "messages": [{"role": "user", "content": "What is 37 + 45?"},
                                  {"role": "assistant", "content": "82"}]}
 
-The conversations are short (at most MAX_CHARS characters, see `conversation_length`) so that a tiny
-char-level model with a context of 128-256 characters sees a whole one, and each answer depends on the
+The conversations are short (at most MAX_TOKENS tokens for a char-level model, see `conversation_length`)
+so that a tiny char-level model with a context of 64 (experiment=shakespeare_cpu's) sees a whole one, and each answer depends on the
 prompt: arithmetic, reversing or sorting a word, counting, changing case, and multi-turn arithmetic
 follow-ups ("and now add 3"). Words come from the fixed VOCAB below (ASCII lowercase, 3-8 letters).
 
@@ -36,7 +36,9 @@ from typing import Callable
 
 Conversation = dict  # {"task": str, "messages": [{"role": "user"|"assistant", "content": str}, ...]}
 
-MAX_CHARS = 120  # the longest conversation allowed, as measured by conversation_length
+MAX_OPERAND = 49  # arithmetic on numbers 0..49: a 0.8M-parameter model learns it in minutes
+MAX_STEP = 9  # a follow-up adds or subtracts 1..9; "double it" comes only while the number is <= MAX_OPERAND
+MAX_TOKENS = 65  # the longest conversation allowed, as measured by conversation_length: fits a context of 64
 SPLITS = ("train", "val", "test")
 
 # A few hundred common words: lowercase ASCII, 3-8 letters (checked below).
@@ -93,9 +95,9 @@ FOLLOW_UPS: dict[str, tuple[str, ...]] = {  # the multi-turn task's later user t
 }
 
 # The task mix: relative weights of the tasks drawn for each conversation.
-TASK_WEIGHTS: dict[str, float] = {
-    "add": 12, "sub": 12, "reverse": 9, "sort": 8, "count_letter": 9, "count_chars": 6, "count_words": 8,
-    "upper": 6, "lower": 6, "title": 6, "followup": 18,
+TASK_WEIGHTS: dict[str, float] = {  # the tasks a small model learns last get the most examples
+    "add": 8, "sub": 8, "reverse": 9, "sort": 9, "count_letter": 14, "count_chars": 4, "count_words": 8,
+    "upper": 4, "lower": 4, "title": 4, "followup": 28,
 }
 TASKS = tuple(TASK_WEIGHTS)
 
@@ -126,7 +128,7 @@ def _title(text: str) -> str:
 
 def _arith(rng: random.Random, op: str) -> tuple[str, int]:
     """A first arithmetic question and its answer; subtraction keeps the result non-negative."""
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    a, b = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND)
     if op == "sub" and b > a:
         a, b = b, a
     prompt = rng.choice(TEMPLATES[op]).format(a=a, b=b)
@@ -186,13 +188,13 @@ def _followup(rng: random.Random) -> Conversation:
     prompt, value = _arith(rng, rng.choice(("add", "sub")))
     turns = [prompt, str(value)]
     for _ in range(rng.randint(1, 2)):
-        ops = ["add", "double"] + (["sub"] if value > 0 else [])
+        ops = ["add"] + (["double"] if value <= MAX_OPERAND else []) + (["sub"] if value > 0 else [])
         op = rng.choice(ops)
         if op == "add":
-            k = rng.randint(1, 20)
+            k = rng.randint(1, MAX_STEP)
             value += k
         elif op == "sub":
-            k = rng.randint(1, min(20, value))
+            k = rng.randint(1, min(MAX_STEP, value))
             value -= k
         else:
             k = 0
@@ -225,8 +227,9 @@ def prompt_key(conv: Conversation) -> tuple[str, ...]:
 
 
 def conversation_length(conv: Conversation) -> int:
-    """Characters of all the contents plus one separator per message (role markers not counted)."""
-    return sum(len(m["content"]) + 1 for m in conv["messages"])
+    """Its length in tokens for a char-level model under gptlab's chat template: every character, and two
+    markers per message (its role, and the end of the turn)."""
+    return sum(len(m["content"]) + 2 for m in conv["messages"])
 
 
 def _draw(rng: random.Random, n: int, exclude: set[tuple[str, ...]], unique: bool) -> list[Conversation]:
@@ -237,6 +240,8 @@ def _draw(rng: random.Random, n: int, exclude: set[tuple[str, ...]], unique: boo
     misses = 0
     while len(out) < n:
         conv = MAKERS[rng.choices(TASKS, weights)[0]](rng)
+        if conversation_length(conv) > MAX_TOKENS:  # too long for the context: drawn again
+            continue
         key = prompt_key(conv)
         if key in exclude:
             misses += 1
@@ -246,7 +251,6 @@ def _draw(rng: random.Random, n: int, exclude: set[tuple[str, ...]], unique: boo
         misses = 0
         if unique:
             exclude.add(key)
-        assert conversation_length(conv) <= MAX_CHARS, conv
         out.append(conv)
     return out
 
@@ -372,7 +376,7 @@ def report(splits: dict[str, list[Conversation]]) -> str:
         lines.append(f"{task:<14}" + "".join(f"{sum(c['task'] == task for c in splits[s]):>8}" for s in SPLITS))
     lines.append(f"{'total':<14}" + "".join(f"{len(splits[s]):>8}" for s in SPLITS))
     longest = max((conversation_length(c) for s in SPLITS for c in splits[s]), default=0)
-    lines.append(f"longest conversation: {longest} characters (limit {MAX_CHARS})")
+    lines.append(f"longest conversation: {longest} tokens for a char-level model (limit {MAX_TOKENS})")
     return "\n".join(lines)
 
 

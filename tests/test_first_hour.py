@@ -146,18 +146,32 @@ def test_cli_bad_value_is_one_line_and_leaves_no_run_folder(tmp_path, cache_dir)
     assert not (tmp_path / "outputs").exists()  # no run folder for a run that never started
 
 
-def test_help_lists_what_each_entry_point_takes(tmp_path):
-    r = run("gptlab.train", "--help", cwd=tmp_path)
-    assert r.returncode == 0 and "model=nano" in r.stdout and "optim=adamw" in r.stdout
-    assert "schema" not in r.stdout and "usage: python -m gptlab.train" in r.stdout
-    r = run("gptlab", "generate", "--help", cwd=tmp_path)
-    assert r.returncode == 0 and "usage: gptlab generate" in r.stdout and "temperature=0.8" in r.stdout
-    assert "model=" not in r.stdout and "trainer" not in r.stdout and "experiment" not in r.stdout
-    for line in r.stdout.splitlines():
+def help_of(monkeypatch, capsys, *argv: str) -> str:
+    """What `gptlab ARGV` prints and its exit status, run in this process (the --help path starts no Hydra)."""
+    from gptlab.__main__ import main
+
+    monkeypatch.setattr(sys, "argv", ["gptlab", *argv])
+    monkeypatch.delenv("GPTLAB_COMMAND", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_what_each_entry_point_takes(tmp_path, monkeypatch, capsys):
+    out = help_of(monkeypatch, capsys, "train", "--help")
+    assert "model=nano" in out and "optim=adamw" in out
+    assert "schema" not in out and "usage: gptlab train" in out
+    out = help_of(monkeypatch, capsys, "generate", "--help")
+    assert "usage: gptlab generate" in out and "temperature=0.8" in out
+    assert "model=" not in out and "trainer" not in out and "experiment" not in out
+    for line in out.splitlines():
         if line.startswith("  ") and "=" in line:
             assert len(line.split("  ", 2)[-1]) > 0  # every setting has its line
-    r = run("gptlab.eval", "-h", cwd=tmp_path)
-    assert r.returncode == 0 and "whole_split=False" in r.stdout and "model=" not in r.stdout
+    out = help_of(monkeypatch, capsys, "eval", "-h")
+    assert "whole_split=False" in out and "model=" not in out
+    out = help_of(monkeypatch, capsys, "chat", "--help")
+    assert "/reset" in out and "system=" in out and "max_new_tokens=256" in out
     r = run("gptlab.generate", "ckpt_path=x", "trainer=gpu", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: python -m gptlab.generate has no option trainer: python -m gptlab.generate --help lists what it takes")

@@ -10,7 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _HOMES = {
-    "TextDataModule": "datamodule", "DataConfig": "datamodule", "Corpus": "corpus", "TokenFiles": "cache",
+    "TextDataModule": "datamodule", "DataConfig": "datamodule", "make_datamodule": "datamodule",
+    "ChatDataModule": "chat", "Corpus": "corpus", "TokenFiles": "cache",
     "encode": "cache", "prepare_tokens": "cache", "TokenShards": "shards", "DataError": "sources",
     "read_text": "sources", "RandomWindows": "windows", "FixedWindows": "windows",
 }
@@ -19,7 +20,8 @@ __all__ = list(_HOMES)
 if TYPE_CHECKING:
     from gptlab.data.cache import TokenFiles, encode, prepare_tokens
     from gptlab.data.corpus import Corpus
-    from gptlab.data.datamodule import DataConfig, TextDataModule
+    from gptlab.data.chat import ChatDataModule
+    from gptlab.data.datamodule import DataConfig, TextDataModule, make_datamodule
     from gptlab.data.shards import TokenShards
     from gptlab.data.sources import DataError, read_text
     from gptlab.data.windows import FixedWindows, RandomWindows

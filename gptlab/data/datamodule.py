@@ -18,6 +18,9 @@ from gptlab.data.windows import FixedWindows, RandomWindows
 from gptlab.tokenizers import Tokenizer
 
 
+KINDS = ("text", "chat")
+
+
 @dataclass
 class DataConfig:
     """Tiny Shakespeare (1.1M characters), found or downloaded; data.path=FILE_OR_FOLDER for your own text.
@@ -25,6 +28,7 @@ class DataConfig:
     What to train on and how it is batched. Paths, block size and seed come from their own settings
     (paths.*, model.block_size, seed) and are handed to the TextDataModule beside this."""
 
+    kind: str = "text"  # text: windows of one token stream; chat: whole conversations from JSONL (data=chat)
     path: Optional[str] = None  # a file, a folder (.txt .md .jsonl .parquet below it), hf:NAME; None: Tiny Shakespeare
     url: Optional[str] = None  # Tiny Shakespeare's download address when not on disk; None: its usual one
     val_fraction: float = 0.1  # one text: its last 10%; several documents: every 10th document
@@ -36,8 +40,16 @@ class DataConfig:
     val_batch_size: Optional[int] = None  # None: batch_size; evaluation holds no gradients, so larger is fine
     num_workers: int = 0  # batches are cheap numpy gathers; workers only pay off on fast GPUs
     prepare_data_per_node: bool = True  # tokenize once per node (False: once in all, on a shared filesystem)
+    overflow: str = "truncate"  # chat: a conversation longer than the context is cut (truncate) or left out (drop)
+    loss_on: str = "answers"  # chat: the tokens the loss covers: answers (each answer and its end marker), or all
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DataError(f"data.kind={self.kind} is not one of {', '.join(KINDS)}")
+        if self.overflow not in ("truncate", "drop"):
+            raise DataError(f"data.overflow={self.overflow} is not one of truncate, drop")
+        if self.loss_on not in ("answers", "all"):
+            raise DataError(f"data.loss_on={self.loss_on} is not one of answers, all")
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         for name in ("batch_size", "val_batch_size"):
@@ -118,6 +130,13 @@ class TextDataModule(L.LightningDataModule):
         assert self.files is not None, "call setup() first"
         return self.files.tokenizer
 
+    def describe(self) -> str:
+        """The data in one line, for the start of a run."""
+        assert self.files is not None, "call setup() first"
+        f = self.files
+        return (f"{f.meta['name']}: {len(f.train):,} train and {len(f.val):,} val tokens, batches of "
+                f"{self.config.batch_size} x {self.block_size}")
+
     @property
     def val_tokens_per_char(self) -> float:
         assert self.files is not None, "call setup() first"
@@ -142,3 +161,13 @@ class TextDataModule(L.LightningDataModule):
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "text"
+
+
+def make_datamodule(config: DataConfig, tokenizer: Union[dict, Tokenizer], block_size: int, seed: int,
+               cache_dir: Union[str, Path], data_dir: Optional[str] = None) -> L.LightningDataModule:
+    """The DataModule of config.kind: TextDataModule (windows) or ChatDataModule (conversations)."""
+    if config.kind == "chat":
+        from gptlab.data.chat import ChatDataModule
+
+        return ChatDataModule(config, tokenizer, block_size, seed, cache_dir, data_dir)
+    return TextDataModule(config, tokenizer, block_size, seed, cache_dir, data_dir)

@@ -58,11 +58,14 @@ class AttentionMaps(Callback):
         self.ids: Optional[list[int]] = None
 
     def _prompt(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[int]:
-        files = getattr(trainer.datamodule, "files", None)  # type: ignore[attr-defined]  # a TextDataModule's
-        if files is None:
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        val = getattr(getattr(dm, "files", None), "val", None)  # a TextDataModule's split
+        if val is None and getattr(dm, "val_rows", None) is not None:  # a ChatDataModule's first conversation
+            val = dm.val_rows.ids[0]
+        if val is None:
             return []
-        n = min(self.max_tokens, pl_module.model.config.block_size, len(files.val))
-        return [int(i) for i in files.val[:n]]
+        n = min(self.max_tokens, pl_module.model.config.block_size, len(val))
+        return [int(i) for i in val[:n]]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -171,11 +174,9 @@ class RunSummary(Callback):
         m, c, tok = pl_module.model, pl_module.config, pl_module.tokenizer
         lines = [f"model    {m.num_params() / 1e6:.2f}M parameters: {c.n_layer} layers x {c.n_head} heads x "
                  f"{c.n_embd}, context {c.block_size}, {tok.kind} vocabulary of {c.vocab_size:,}"]
-        files = getattr(trainer.datamodule, "files", None)  # type: ignore[attr-defined]
-        if files is not None:
-            batch = trainer.datamodule.config.batch_size  # type: ignore[attr-defined]
-            lines.append(f"data     {files.meta['name']}: {len(files.train):,} train and {len(files.val):,} val "
-                         f"tokens, batches of {batch} x {c.block_size}")
+        describe = getattr(trainer.datamodule, "describe", None)  # type: ignore[attr-defined]
+        if describe is not None:
+            lines.append(f"data     {describe()}")
         device = trainer.strategy.root_device
         threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
         ranks = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""

@@ -14,7 +14,7 @@ from gptlab import checkpoint
 from gptlab.errors import GptlabError
 from gptlab.lit.optim import build_optimizer, clip_gradients
 from gptlab.lit.schedule import WarmupCosine
-from gptlab.model import GPT, GPTConfig, param_groups
+from gptlab.model import GPT, GPTConfig, add_tokens, param_groups
 from gptlab.tokenizers import Tokenizer
 
 
@@ -72,6 +72,10 @@ class GPTLitModule(L.LightningModule):
         dm = self.trainer.datamodule  # type: ignore[attr-defined]
         if self.model is None:
             self.build(dm.tokenizer)
+        elif dm is not None and self.tokenizer is not None and dm.tokenizer.vocab_size > self.tokenizer.vocab_size:
+            # the data grew the tokenizer (chat markers, new characters): the model gets rows for the new ids
+            self.model = add_tokens(self.model, self.tokenizer.vocab_size, dm.tokenizer.vocab_size)
+            self.config, self.tokenizer = self.model.config, dm.tokenizer
         if dm is not None and hasattr(dm, "val_tokens_per_char"):
             self.val_tokens_per_char = dm.val_tokens_per_char
 
@@ -90,7 +94,7 @@ class GPTLitModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         _, loss = self(x, y)
-        self.val_loss.update(loss, weight=x.size(0))
+        self.val_loss.update(loss, weight=(y >= 0).sum())  # a mean over every scored token (chat: answers only)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # mean over every window, synced across DDP ranks

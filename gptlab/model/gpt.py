@@ -8,7 +8,7 @@ Shapes in comments: B batch, T time (tokens), C channels (n_embd), nh heads, hs 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 import torch
@@ -307,6 +307,29 @@ class GPT(nn.Module):
         (the estimate of the PaLM paper, appendix B)."""
         c, T = self.config, seq_len or self.config.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
+
+
+@torch.no_grad()
+def add_tokens(model: GPT, old: int, new: int) -> GPT:
+    """The model for a tokenizer that grew from `old` to `new` tokens (special tokens, new characters): the
+    table grows where it must, and the new ids' rows start as the mean of the trained ones, so a new token
+    begins as an average token (a random row would give it a large, arbitrary logit). Returns `model`
+    itself when its (padded) table already has the rows."""
+    if new <= old:
+        return model
+    if new > model.config.vocab_size:
+        grown = GPT(replace(model.config, vocab_size=new))
+        state = model.state_dict()
+        for key in ("transformer.wte.weight", "lm_head.weight"):
+            if key in state:
+                table = grown.state_dict()[key].clone()
+                table[: state[key].size(0)] = state[key]
+                state[key] = table
+        grown.load_state_dict(state)
+        model = grown.train(model.training)
+    for table in {id(t): t for t in (model.transformer.wte.weight, model.lm_head.weight)}.values():
+        table[old:new] = table[:old].mean(dim=0)
+    return model
 
 
 def param_groups(model: nn.Module) -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -57,43 +57,56 @@ def prompt_ids(tokenizer: "Tokenizer", prompt: str) -> list[int]:
 def complete(
     model: GPT,
     tokenizer: "Tokenizer",
-    prompt: str,
+    prompt: Union[str, Sequence[int], Sequence[Sequence[int]]],
     sampling: SamplingConfig = SamplingConfig(),
     num_samples: int = 1,
     seed: int = 1337,
     on_text: Optional[Callable[[str], None]] = None,
+    stop_token: Optional[int] = None,
 ) -> list[str]:
     """Continue `prompt` num_samples times (one batch); return each continuation (without the prompt),
-    cut at the end-of-text token. on_text: called with each new piece of text of the first sample as
-    it is generated (whole characters only), for streaming."""
+    cut at the stop token (default: the tokenizer's end-of-text). on_text: called with each new piece of
+    text of the first sample as it is generated (whole characters only), for streaming.
+
+    The prompt is text, token ids (a rendered chat, say), or several prompts of ids of one length, each
+    continued once, as one batch (greedy evaluation of many questions)."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     device = model.transformer.wte.weight.device
-    ids = prompt_ids(tokenizer, prompt)
-    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    if isinstance(prompt, str):
+        rows = [prompt_ids(tokenizer, prompt)] * num_samples
+    elif prompt and not isinstance(prompt[0], int):
+        rows = [list(p) for p in prompt]  # type: ignore[union-attr]
+        if len({len(r) for r in rows}) != 1 or num_samples != 1:
+            raise ValueError("a batch of prompts must be of one length, each continued once")
+    else:
+        rows = [list(prompt)] * num_samples  # type: ignore[arg-type]
+    if not rows[0]:
+        raise ValueError("the prompt has no tokens")
+    idx = torch.tensor(rows, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     decoder = tokenizer.decoder()
-    eot = tokenizer.eot_id
-    stopped = False  # the first sample reached end-of-text: nothing more of it is shown
+    stop = tokenizer.eot_id if stop_token is None else stop_token
+    stopped = False  # the first sample reached its stop token: nothing more of it is shown
 
     def on_token(nxt: torch.Tensor) -> None:  # streaming only: reading a token waits for the device
         nonlocal stopped
         token = int(nxt[0, 0])
-        stopped = stopped or token == eot
+        stopped = stopped or token == stop
         if not stopped:
             on_text(decoder.push(token))
 
     out = generate(model, idx, sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
-                   top_p=sampling.top_p, generator=gen, use_cache=sampling.use_cache, stop_token=eot,
+                   top_p=sampling.top_p, generator=gen, use_cache=sampling.use_cache, stop_token=stop,
                    on_token=on_token if on_text is not None else None, vocab_size=tokenizer.vocab_size,
                    compile=sampling.compile)
     if on_text is not None:
         on_text(decoder.flush())
     texts = []
     for row in out.tolist():
-        new = row[len(ids):]
-        if eot is not None and eot in new:
-            new = new[: new.index(eot)]
+        new = row[idx.size(1):]
+        if stop is not None and stop in new:
+            new = new[: new.index(stop)]
         texts.append(tokenizer.decode(new))
     return texts
 

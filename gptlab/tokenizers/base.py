@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -48,6 +48,21 @@ class Tokenizer(ABC):
     def eot_id(self) -> Optional[int]:
         """The end-of-text token, if the vocabulary has one; generation stops there."""
         return None
+
+    special_tokens: dict[str, int]  # text -> id of the tokens that text never encodes to (markers, end-of-text)
+
+    @abstractmethod
+    def with_specials(self, specials: Iterable[str]) -> "Tokenizer":
+        """This tokenizer plus the special tokens it lacks, with new ids after all the old ones (which keep
+        theirs, so a trained model's embedding rows still mean the same tokens)."""
+
+    def with_chars(self, text: str) -> "Tokenizer":
+        """This tokenizer, able to encode every character of text (a char vocabulary grows; BPE already can)."""
+        return self
+
+    def unknown(self, text: str) -> list[str]:
+        """The characters of text this tokenizer cannot encode (none, for byte-level BPE)."""
+        return []
 
     def decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)

@@ -347,6 +347,13 @@ class ByteLevelBPE(Tokenizer):
     def eot_id(self) -> Optional[int]:
         return self.special_tokens.get(EOT)
 
+    def with_specials(self, specials: Iterable[str]) -> "ByteLevelBPE":
+        new = [s for s in dict.fromkeys(specials) if s not in self.special_tokens]
+        if not new:
+            return self
+        added = {s: self.vocab_size + k for k, s in enumerate(new)}
+        return ByteLevelBPE(self.vocab, self.merges, {**self.special_tokens, **added})
+
     def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
         """Token ids of text.
 

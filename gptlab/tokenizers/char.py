@@ -1,9 +1,12 @@
-"""Character-level tokenizer: one token per distinct character of the corpus, in sorted order."""
+"""Character-level tokenizer: one token per distinct character of the corpus, in sorted order.
+
+Special tokens (`<|user|>`, ...) are entries longer than one character, appended after the characters;
+text never encodes to them, so a message that happens to contain "<|user|>" stays ordinary text."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -21,11 +24,17 @@ class CharTokenizer(Tokenizer):
     kind = "char"
     settings = CharConfig
 
-    def __init__(self, chars: Sequence[str]) -> None:
-        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
-            raise TokenizerError("a char vocabulary must be distinct single characters")
-        self.chars = list(chars)
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
+    def __init__(self, tokens: Sequence[str]) -> None:
+        """tokens: id -> text; single characters, and special tokens (longer strings) anywhere among them."""
+        if len(set(tokens)) != len(tokens) or any(len(t) == 0 for t in tokens):
+            raise TokenizerError("a char vocabulary must be distinct, non-empty entries")
+        self.tokens = list(tokens)
+        self.stoi = {c: i for i, c in enumerate(self.tokens) if len(c) == 1}  # what text encodes to
+        self.special_tokens = {t: i for i, t in enumerate(self.tokens) if len(t) > 1}
+
+    @property
+    def chars(self) -> list[str]:
+        return [t for t in self.tokens if len(t) == 1]
 
     @classmethod
     def train(cls, text: str, **settings: Any) -> "CharTokenizer":
@@ -34,7 +43,18 @@ class CharTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.tokens)
+
+    def with_specials(self, specials: Iterable[str]) -> "CharTokenizer":
+        new = [s for s in dict.fromkeys(specials) if s not in self.special_tokens]
+        if any(len(s) < 2 for s in new):
+            raise TokenizerError("a char tokenizer's special tokens are longer than one character")
+        return CharTokenizer(self.tokens + new) if new else self
+
+    def with_chars(self, text: str) -> "CharTokenizer":
+        """This vocabulary plus the characters of text it lacks, with new ids after the old ones (which keep theirs)."""
+        new = sorted(set(text) - self.stoi.keys())
+        return CharTokenizer(self.tokens + new) if new else self
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -61,12 +81,18 @@ class CharTokenizer(Tokenizer):
             )
         return ids
 
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of text this vocabulary cannot encode."""
+        return sorted(set(text) - self.stoi.keys())
+
     def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
+        return "".join(self.tokens[int(i)] for i in ids)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "chars": "".join(self.chars)}
+        if not self.special_tokens:  # the plain form every gptlab version reads
+            return {"kind": self.kind, "chars": "".join(self.tokens)}
+        return {"kind": self.kind, "tokens": list(self.tokens)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":
-        return cls(list(d["chars"]))
+        return cls(list(d["tokens"]) if "tokens" in d else list(d["chars"]))

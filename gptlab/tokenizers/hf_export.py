@@ -66,7 +66,9 @@ def _char_files(tok: CharTokenizer, model_max_length: Optional[int]) -> dict[str
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [],
+        # special tokens (a chat model's role markers) are whole tokens that text never splits into
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for t, i in tok.special_tokens.items()],
         "normalizer": None,
         # "[\s\S]": any one character; "." would skip newlines
         "pre_tokenizer": {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False},
@@ -74,10 +76,11 @@ def _char_files(tok: CharTokenizer, model_max_length: Optional[int]) -> dict[str
         "decoder": {"type": "Fuse"},  # join tokens with nothing between (the default puts spaces)
         # the characters in gptlab's order, so the ids agree; no unknown token: a character outside the
         # alphabet is an error, as in gptlab
-        "model": {"type": "WordLevel", "vocab": dict(tok.stoi), "unk_token": "<unk>"},
+        "model": {"type": "WordLevel", "vocab": {t: i for i, t in enumerate(tok.tokens)}, "unk_token": "<unk>"},
     }
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
+        **({"additional_special_tokens": list(tok.special_tokens)} if tok.special_tokens else {}),
         "clean_up_tokenization_spaces": False,
         **({"model_max_length": model_max_length} if model_max_length else {}),
     }

@@ -1,0 +1,335 @@
+"""Conversations for supervised fine-tuning (`data=chat`): JSONL files -> rendered, masked token rows -> padded batches.
+
+A line is one conversation, `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`, or
+Alpaca's `{"instruction": ..., "input": ..., "output": ...}` (one user turn, the instruction and its input,
+then the output as the assistant's answer). Other keys (an id, a task label) are ignored. Every problem is
+one line naming the file and line.
+
+Each conversation becomes one row: its ids from the chat template (`gptlab.tokenizers.chat.render`) and the
+targets, which are the next ids where the template's loss mask says so and -1 (ignored) everywhere else. Rows
+are padded per batch to the longest one in it (training batches group conversations of like length);
+padding comes after a conversation's last token, so causal attention never lets a real token see it, and
+its targets are -1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from gptlab.data.datamodule import DataConfig
+from gptlab.data.sources import DataError
+from gptlab.tokenizers import Tokenizer, TokenizerError, train_tokenizer
+from gptlab.tokenizers.chat import ROLES, Message, chat_tokenizer, render
+
+SPLIT_FILES = ("train.jsonl", "val.jsonl")  # a folder holding these is split by them (test.jsonl is left for eval)
+
+
+@dataclass
+class Conversation:
+    messages: list[Message]
+    where: str  # "file:line", for messages about it
+    task: Optional[str] = None  # a "task" label the line may carry: eval reports accuracy per task
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+
+def read_conversations(path: Union[str, Path]) -> list[Conversation]:
+    """Every conversation of a .jsonl file, or of the .jsonl files below a folder (sorted by path)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.jsonl") if f.is_file())
+        if not files:
+            raise DataError(f"{p} holds no .jsonl files: data=chat reads conversations, one JSON object a line")
+    elif p.is_file():
+        files = [p]
+    else:
+        raise DataError(f"data.path={path} does not exist: give a .jsonl file of conversations or a folder of them")
+    out = [c for f in files for c in read_file(f)]
+    if not out:
+        raise DataError(f"{p} holds no conversations: every line is empty")
+    return out
+
+
+def read_file(path: Path) -> list[Conversation]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                where = f"{path}:{n}"
+                messages, task = parse_line(line, where)
+                out.append(Conversation(messages, where, task))
+    if not out:
+        raise DataError(f"{path} is empty: write one conversation a line, "
+                        '{"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}')
+    return out
+
+
+def parse_line(line: str, where: str) -> tuple[list[Message], Optional[str]]:
+    """The messages of one JSONL line (either form) and its "task" label if any; a DataError naming `where`
+    for anything wrong."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno}): each line must be one JSON object") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a line must be a JSON object with \"messages\" (or Alpaca's \"instruction\" "
+                        f"and \"output\"), got {type(record).__name__}")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} objects")
+        for k, m in enumerate(messages, 1):
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+                raise DataError(f"{where}: message {k} must be an object with a \"role\" and a string \"content\"")
+            if m.get("role") not in ROLES:
+                raise DataError(f"{where}: message {k} has the unknown role {m.get('role')!r}: "
+                                f"use {', '.join(ROLES)}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    elif "instruction" in record or "output" in record:
+        fields = {k: record.get(k, "") for k in ("instruction", "input", "output")}
+        bad = [k for k, v in fields.items() if not isinstance(v, str)]
+        if bad:
+            raise DataError(f"{where}: Alpaca's \"{bad[0]}\" must be a string")
+        if not fields["instruction"]:
+            raise DataError(f"{where}: the Alpaca record has no \"instruction\"")
+        user = fields["instruction"] + (f"\n\n{fields['input']}" if fields["input"] else "")
+        messages = [{"role": "user", "content": user}]
+        if fields["output"]:
+            messages.append({"role": "assistant", "content": fields["output"]})
+    else:
+        raise DataError(f"{where}: no \"messages\" (nor Alpaca's \"instruction\"/\"output\"); keys: "
+                        f"{', '.join(sorted(record)) or 'none'}")
+    if not any(m["role"] == "assistant" and m["content"] for m in messages):
+        raise DataError(f"{where}: the conversation has no assistant message with content: nothing to learn from it")
+    task = record.get("task")
+    return messages, task if isinstance(task, str) else None  # type: ignore[return-value]
+
+
+def split(path: Union[str, Path], val_fraction: float) -> tuple[list[Conversation], list[Conversation], str]:
+    """(train, val, how). A folder with train.jsonl reads that for training (never its test.jsonl) and
+    val.jsonl, if there, for validation; otherwise every k-th conversation (k = 1/val_fraction) goes to val.
+    Either way a conversation is whole in one split."""
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / SPLIT_FILES[0]).is_file():
+        convs = read_file(p / SPLIT_FILES[0])
+        if (p / SPLIT_FILES[1]).is_file():
+            return convs, read_file(p / SPLIT_FILES[1]), "train.jsonl / val.jsonl"
+    else:
+        convs = read_conversations(p)
+    k = max(2, round(1 / val_fraction))
+    val = convs[k - 1 :: k]
+    if not val:
+        raise DataError(f"{p} has {len(convs)} conversation(s): too few for a validation split of every "
+                        f"{k}th; add more, or give a folder with train.jsonl and val.jsonl")
+    train = [c for i, c in enumerate(convs) if i % k != k - 1]
+    return train, val, f"every {k}th conversation to val"
+
+
+# --- tokens ------------------------------------------------------------------------------------------------
+
+def contents(convs: Sequence[Conversation]) -> str:
+    return "\n".join(m["content"] for c in convs for m in c.messages)
+
+
+def chat_vocabulary(spec: Union[dict, Tokenizer], convs: Sequence[Conversation]) -> Tokenizer:
+    """The tokenizer for these conversations: a new one trained on their text (spec: settings), or a trained
+    one (a checkpoint's) grown by the characters it lacks (char) and, either way, the template's markers."""
+    text = contents(convs)
+    if isinstance(spec, Tokenizer):
+        return chat_tokenizer(spec.with_chars(text))
+    settings = {k: v for k, v in spec.items() if k != "kind"}
+    return chat_tokenizer(train_tokenizer(spec["kind"], text, **settings))
+
+
+@dataclass
+class Rows:
+    """Rendered conversations: ids and loss masks, one row each; how many were cut or left out."""
+
+    ids: list[np.ndarray]
+    masks: list[np.ndarray]
+    truncated: int = 0
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def targets(self) -> int:
+        return int(sum(m[1:].sum() for m in self.masks))
+
+
+def encode(tokenizer: Tokenizer, convs: Sequence[Conversation], max_len: int, overflow: str,
+           loss_on: str = "answers") -> Rows:
+    """Render each conversation; one longer than max_len tokens is cut to max_len (overflow="truncate", left
+    out if no answer token is left in it) or left out ("drop"). loss_on="all": every token is a target (the
+    ablation that shows what the mask is for)."""
+    rows = Rows([], [])
+    for c in convs:
+        try:
+            ids, mask = render(tokenizer, c.messages)
+        except TokenizerError as e:
+            raise DataError(f"{c.where}: {e}") from None
+        if loss_on == "all":
+            mask = [True] * len(ids)
+        if len(ids) > max_len:
+            if overflow == "drop" or not any(mask[1:max_len]):
+                rows.dropped += 1
+                continue
+            ids, mask = ids[:max_len], mask[:max_len]
+            rows.truncated += 1
+        rows.ids.append(np.asarray(ids, dtype=np.int64))
+        rows.masks.append(np.asarray(mask, dtype=bool))
+    return rows
+
+
+def pad(rows: Rows, which: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows `which` as a batch padded to the longest: x (B, T) the inputs, y (B, T) the targets (-1: no loss)."""
+    T = max(len(rows.ids[i]) for i in which) - 1
+    x = np.zeros((len(which), T), dtype=np.int64)
+    y = np.full((len(which), T), -1, dtype=np.int64)
+    for b, i in enumerate(which):
+        ids, mask = rows.ids[i], rows.masks[i]
+        n = len(ids) - 1
+        x[b, :n] = ids[:-1]
+        y[b, :n] = np.where(mask[1:], ids[1:], -1)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+class RandomConversations(IterableDataset):
+    """An endless stream of training batches of conversations drawn at random; batch i is a pure function of
+    (seed, rank, i), as RandomWindows', so a resumed run continues where it stopped.
+
+    Conversations of like length go together (as `group_by_length` in Hugging Face's Trainer): `GROUP`
+    batches' worth are drawn at once, sorted by length, cut into batches and served in a random order, so
+    a batch is padded little (a random batch of short chats is padded to its longest, often twice their mean).
+    """
+
+    GROUP = 16
+
+    def __init__(self, rows: Rows, batch_size: int, seed: int, rank: int = 0, start_batch: int = 0) -> None:
+        self.rows, self.batch_size, self.seed, self.rank, self.start_batch = rows, batch_size, seed, rank, start_batch
+        self.lengths = np.array([len(ids) for ids in rows.ids])
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        group, j = divmod(i, self.GROUP)
+        rng = np.random.default_rng([self.seed, self.rank, group])
+        drawn = rng.integers(0, len(self.rows), size=self.batch_size * self.GROUP)
+        drawn = drawn[np.argsort(self.lengths[drawn], kind="stable")]
+        k = rng.permutation(self.GROUP)[j]
+        return pad(self.rows, drawn[k * self.batch_size : (k + 1) * self.batch_size].tolist())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        i = self.start_batch + worker
+        while True:
+            yield self.batch(i)
+            i += workers
+
+
+class OrderedConversations(Dataset):
+    """Every row once, in order, batch_size at a time: validation and evaluation."""
+
+    def __init__(self, rows: Rows, batch_size: int) -> None:
+        self.rows, self.batch_size = rows, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = j * self.batch_size
+        return pad(self.rows, range(start, min(start + self.batch_size, len(self.rows))))
+
+
+def loader(rows: Rows, batch_size: int) -> DataLoader:
+    return DataLoader(OrderedConversations(rows, batch_size), batch_size=None, shuffle=False)
+
+
+def tokens_per_char(rows: Rows, tokenizer: Tokenizer) -> float:
+    """Answer tokens (with their end markers) per character of answer text, for bits per character."""
+    chars = sum(len(tokenizer.decode(ids[1:][m[1:]])) for ids, m in zip(rows.ids, rows.masks))
+    return rows.targets / max(1, chars)
+
+
+class ChatDataModule(L.LightningDataModule):
+    """Serves padded batches of conversations: data=chat data.path=FILE_OR_FOLDER.
+
+    Reading and rendering a few hundred thousand short conversations takes seconds, so nothing is cached:
+    every rank does it in `setup`. The tokenizer is the given one (a checkpoint's, grown by what the data
+    needs) or one trained on the conversations' text; either way it has the template's markers.
+    """
+
+    def __init__(self, config: DataConfig, tokenizer: Union[dict, Tokenizer], block_size: int, seed: int,
+                 cache_dir: Union[str, Path, None] = None, data_dir: Optional[str] = None) -> None:
+        super().__init__()
+        if not config.path:
+            raise DataError("data=chat needs data.path=FILE_OR_FOLDER: a .jsonl file of conversations, or a folder "
+                            "(with train.jsonl and val.jsonl, it is split by them); scripts/make_tasks.py writes one")
+        self.config, self.tokenizer_spec, self.block_size, self.seed = config, tokenizer, block_size, seed
+        self.train_rows: Optional[Rows] = None
+        self.val_rows: Optional[Rows] = None
+        self._tokenizer: Optional[Tokenizer] = None
+        self.summary = ""
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_rows is not None:
+            return
+        train, val, how = split(self.config.path, self.config.val_fraction)  # type: ignore[arg-type]
+        self._tokenizer = chat_vocabulary(self.tokenizer_spec, train + val)
+        limit = self.block_size + 1  # a row of block_size + 1 ids gives block_size inputs and targets
+        self.train_rows = encode(self._tokenizer, train, limit, self.config.overflow, self.config.loss_on)
+        self.val_rows = encode(self._tokenizer, val, limit, self.config.overflow)  # val/loss: on the answers either way
+        for name, rows in (("train", self.train_rows), ("val", self.val_rows)):
+            if not len(rows):
+                raise DataError(f"no {name} conversation fits the model's context of {limit} tokens: raise "
+                                "model.block_size, or use data.overflow=truncate")
+        self.summary = summary(self.train_rows, self.val_rows, how, limit, self.config.overflow)
+
+    def describe(self) -> str:
+        """The data in one line, for the start of a run."""
+        return f"{self.summary}; batches of {self.config.batch_size} padded to their longest"
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        assert self._tokenizer is not None, "call setup() first"
+        return self._tokenizer
+
+    @property
+    def val_tokens_per_char(self) -> float:
+        assert self.val_rows is not None, "call setup() first"
+        return tokens_per_char(self.val_rows, self.tokenizer)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_rows is not None
+        trainer = self.trainer
+        start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+        rank = trainer.global_rank if trainer else 0
+        ds = RandomConversations(self.train_rows, self.config.batch_size, self.seed, rank, start)
+        return DataLoader(ds, batch_size=None, num_workers=self.config.num_workers,
+                          persistent_workers=self.config.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_rows is not None
+        return loader(self.val_rows, self.config.val_batch_size or self.config.batch_size)
+
+
+def summary(train: Rows, val: Rows, how: str, limit: int, overflow: str) -> str:
+    """One line: the conversations of each split, and what happened to those longer than the context."""
+    line = f"{len(train):,} train and {len(val):,} val conversations ({how}), {train.targets:,} answer tokens in train"
+    long = train.truncated + val.truncated + train.dropped + val.dropped
+    if not long:
+        return f"{line}; none longer than the context of {limit} tokens"
+    what = f"{train.truncated + val.truncated:,} truncated"
+    if train.dropped + val.dropped:
+        what += f", {train.dropped + val.dropped:,} left out"
+    other = "data.overflow=drop leaves them out" if overflow == "truncate" else "data.overflow=truncate keeps their start"
+    return f"{line}; {long:,} longer than the context of {limit} tokens: {what} ({other})"

@@ -30,7 +30,6 @@ from gptlab.devices import pick_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.trainer import TrainerConfig
-from gptlab.model import SamplingConfig
 
 register_configs()
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, nothing to act on
@@ -91,7 +90,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     """Conversations: the loss on the answer tokens (as the run's validation computes it) and the exact-match
     accuracy of greedy answers, every assistant turn answered from the conversation before it."""
     from gptlab.data import chat
-    from gptlab.model.chat import fit, greedy_answers, room
+    from gptlab.model.chat import fit, greedy_answers
     from gptlab.tokenizers.chat import has_template
 
     tok, model = loaded.tokenizer, loaded.model
@@ -116,10 +115,11 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     for n, c in enumerate(convs):
         for k, m in enumerate(c.messages):
             if m["role"] == "assistant" and k > 0:
-                ids, _ = fit(tok, c.messages[:k], room(model, GREEDY_EVAL))
+                budget = len(tok.encode(m["content"])) + 1  # the answer, then <|end|>: a longer one is wrong
+                ids, _ = fit(tok, c.messages[:k], max(1, block - budget))  # the oldest turns go if it must be
                 questions.append(ids)
                 gold.append(m["content"])
-                budgets.append(len(tok.encode(m["content"])) + 1 if m["content"] else 1)  # the answer, then <|end|>
+                budgets.append(budget)
                 owner.append(n)
     model.to(device)
     with tqdm(total=len(questions), desc="answers", unit="answer", disable=None, leave=False) as bar:
@@ -154,9 +154,6 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     out.write_text(json.dumps(result, indent=2))
     print(f"{'written':<14}{out}")
     return result
-
-
-GREEDY_EVAL = SamplingConfig(max_new_tokens=32, temperature=0.0, top_k=None)
 
 
 def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Generate a small instruction-following data set for supervised fine-tuning demos (standard library only).
 
-    python scripts/make_tasks.py out=data/tasks [seed=0] [n=30000] [val=0.05] [test=0.05] [force=false]
+    python scripts/make_tasks.py out=data/tasks [seed=0] [n=50000] [val=0.05] [test=0.05] [force=false]
     python scripts/make_tasks.py --out data/tasks --seed 1          # the same keys as flags
 
 Writes train.jsonl, val.jsonl and test.jsonl into `out`, one conversation a line:
@@ -303,7 +303,7 @@ class UsageError(Exception):
     pass
 
 
-DEFAULTS: dict[str, str] = {"out": "", "seed": "0", "n": "30000", "val": "0.05", "test": "0.05", "force": "false"}
+DEFAULTS: dict[str, str] = {"out": "", "seed": "0", "n": "50000", "val": "0.05", "test": "0.05", "force": "false"}
 
 
 def parse_args(argv: list[str]) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Every shipped config composes, is typed, and ships with the package."""
 
+import json
 import math
 
 import pytest
@@ -48,6 +49,11 @@ def test_every_experiment_composes_as_written_and_runs(experiment, tmp_path, cac
         if experiment == "finetune_shakespeare":  # GPT-2's real weights: a local stand-in of the same layout
             smoke_args += [f"init_from={request.getfixturevalue('hf_gpt2')}", "model.block_size=64",
                            "trainer.accumulate_grad_batches=1"]
+        if experiment == "sft_tasks":  # scripts/make_tasks.py's data: a few conversations of the same form
+            lines = [json.dumps({"messages": [{"role": "user", "content": f"What is {k} + 1?"},
+                                              {"role": "assistant", "content": str(k + 1)}]}) for k in range(20)]
+            (tmp_path / "tasks.jsonl").write_text("\n".join(lines) + "\n")
+            smoke_args += [f"data.path={tmp_path / 'tasks.jsonl'}"]
         smoke = compose("train", overrides=[f"experiment={experiment}", *paths, "debug=fast",
                                             "callbacks.progress_bar.mode=lines", *smoke_args])
     recipe = yaml.safe_load((REPO / "conf/experiment" / f"{experiment}.yaml").read_text())

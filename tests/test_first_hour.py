@@ -148,16 +148,20 @@ def test_cli_bad_value_is_one_line_and_leaves_no_run_folder(tmp_path, cache_dir)
 
 def help_of(monkeypatch, capsys, *argv: str) -> str:
     """What `gptlab ARGV` prints and its exit status, run in this process (the --help path starts no Hydra)."""
+    from gptlab import cli
     from gptlab.__main__ import main
 
     monkeypatch.setattr(sys, "argv", ["gptlab", *argv])
-    monkeypatch.delenv("GPTLAB_COMMAND", raising=False)
+    monkeypatch.setattr(cli, "COMMAND", cli.COMMAND)  # both are set by the call: put back afterwards
+    monkeypatch.setenv("GPTLAB_COMMAND", "")
+    monkeypatch.delenv("GPTLAB_COMMAND")
     with pytest.raises(SystemExit) as stop:
         main()
     assert stop.value.code == 0
     return capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules")  # runpy re-runs an imported entry, as intended
 def test_help_lists_what_each_entry_point_takes(tmp_path, monkeypatch, capsys):
     out = help_of(monkeypatch, capsys, "train", "--help")
     assert "model=nano" in out and "optim=adamw" in out

@@ -277,13 +277,20 @@ class ChatDataModule(L.LightningDataModule):
         self.config, self.tokenizer_spec, self.block_size, self.seed = config, tokenizer, block_size, seed
         self.train_rows: Optional[Rows] = None
         self.val_rows: Optional[Rows] = None
+        self.val_conversations: list[Conversation] = []
         self._tokenizer: Optional[Tokenizer] = None
         self.summary = ""
+
+    def prepare_data(self) -> None:
+        """Read and check the data before the run writes anything (Lightning calls this first, on one rank per
+        node): a bad line stops the run with no logs behind it."""
+        self.setup()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_rows is not None:
             return
         train, val, how = split(self.config.path, self.config.val_fraction)  # type: ignore[arg-type]
+        self.val_conversations = val
         self._tokenizer = chat_vocabulary(self.tokenizer_spec, train + val)
         limit = self.block_size + 1  # a row of block_size + 1 ids gives block_size inputs and targets
         self.train_rows = encode(self._tokenizer, train, limit, self.config.overflow, self.config.loss_on)

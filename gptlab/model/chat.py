@@ -27,15 +27,16 @@ def fit(tokenizer: Tokenizer, messages: Sequence[Message], room: int) -> tuple[l
             return ids, dropped
         # the oldest turn goes: its user message and the answers up to the next user message
         first = older[0]
-        end = next((i for i in range(first + 1, len(kept) - 1) if kept[i]["role"] == "user"), first + 1)
+        end = next((i for i in range(first + 1, len(kept) - 1) if kept[i]["role"] == "user"), len(kept) - 1)
         dropped += end - first
         del kept[first:end]
 
 
 def room(model: GPT, sampling: SamplingConfig) -> int:
-    """Tokens of context left for the prompt, keeping space for an answer of up to half the context."""
+    """Tokens of context left for the prompt, keeping space for an answer of up to a quarter of the context
+    (a longer answer slides the window, as any generation does)."""
     block = model.config.block_size
-    return max(1, block - min(sampling.max_new_tokens, block // 2))
+    return max(1, block - min(sampling.max_new_tokens, block // 4))
 
 
 def reply(model: GPT, tokenizer: Tokenizer, messages: Sequence[Message], sampling: SamplingConfig = GREEDY,

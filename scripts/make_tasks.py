@@ -284,9 +284,12 @@ def to_jsonl(convs: list[Conversation]) -> bytes:
 def write_splits(out: Path, payloads: dict[str, bytes]) -> None:
     """Write each split atomically: a temporary file in `out`, then a rename over the final name."""
     out.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
     for name, data in payloads.items():
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
         try:
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the data set is an ordinary file
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

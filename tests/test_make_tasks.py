@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -187,3 +188,6 @@ def test_cli_keeps_a_different_folder_unless_forced(tmp_path):
     proc = _run_cli(f"out={out}", "n=200", "force=true")
     assert proc.returncode == 0, proc.stderr
     assert len((out / "train.jsonl").read_text().splitlines()) == 180
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all((out / f"{s}.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask for s in mt.SPLITS)  # not private

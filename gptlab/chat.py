@@ -41,11 +41,11 @@ class Session:
 
     def ask(self, text: str, stream: bool) -> str:
         """The model's answer to text (streamed to stdout if stream); both join the conversation."""
-        lost = self.tokenizer.unknown(text)
+        lost = set(self.tokenizer.unknown(text))
         if lost:
-            shown = ", ".join(repr(c) for c in lost[:10])
+            shown = ", ".join(repr(c) for c in sorted(lost)[:10])
             print(f"[not in this model's vocabulary, left out: {shown}]", file=sys.stderr, flush=True)
-            text = "".join(c for c in text if c not in set(lost))
+            text = "".join(c for c in text if c not in lost)
         self.turns.append({"role": "user", "content": text})
         out = (lambda piece: print(piece, end="", flush=True)) if stream else None
         try:

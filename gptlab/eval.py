@@ -61,9 +61,7 @@ def run(node: DictConfig) -> dict:
         windows = FixedWindows(dm.files.val, block)  # type: ignore[union-attr]  # what the module will score
         data, name = dict(datamodule=dm), "val split"
         limit = 1.0 if cfg.whole_split else trained.limit_val_batches
-    trainer = L.Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
-                        precision=trained.precision, limit_val_batches=limit, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = validator(device, trained.precision, limit_val_batches=limit)
     (metrics,) = trainer.validate(module, verbose=False, **data)
     batches = trainer.num_val_batches[0]
     batch_size = cfg.data.batch_size or 32 if cfg.data.path else dm.config.val_batch_size or dm.config.batch_size
@@ -86,6 +84,13 @@ def run(node: DictConfig) -> dict:
     return result
 
 
+def validator(device, precision, **settings) -> L.Trainer:
+    """A Trainer that only validates, quietly, on one device."""
+    return L.Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
+                     precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, **settings)
+
+
 def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: TrainerConfig) -> dict:
     """Conversations: the loss on the answer tokens (as the run's validation computes it) and the exact-match
     accuracy of greedy answers, every assistant turn answered from the conversation before it."""
@@ -106,9 +111,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     block = model.config.block_size
     rows = chat.encode(tok, convs, block + 1, overflow="truncate")
     module = GPTLitModule(model.config, tokenizer=tok, gpt=model, val_tokens_per_char=chat.tokens_per_char(rows, tok))
-    trainer = L.Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
-                        precision=trained.precision, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = validator(device, trained.precision)
     (metrics,) = trainer.validate(module, dataloaders=chat.loader(rows, cfg.data.batch_size or 64), verbose=False)
 
     questions, gold, budgets, owner = [], [], [], []

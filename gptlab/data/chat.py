@@ -18,15 +18,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from gptlab.data.datamodule import DataConfig
 from gptlab.data.sources import DataError
+from gptlab.data.windows import BatchStream, stream_start
 from gptlab.tokenizers import Tokenizer, TokenizerError, train_tokenizer
 from gptlab.tokenizers.chat import ROLES, Message, chat_tokenizer, render
 
@@ -204,7 +205,7 @@ def pad(rows: Rows, which: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-class RandomConversations(IterableDataset):
+class RandomConversations(BatchStream):
     """An endless stream of training batches of conversations drawn at random; batch i is a pure function of
     (seed, rank, i), as RandomWindows', so a resumed run continues where it stopped.
 
@@ -226,14 +227,6 @@ class RandomConversations(IterableDataset):
         drawn = drawn[np.argsort(self.lengths[drawn], kind="stable")]
         k = rng.permutation(self.GROUP)[j]
         return pad(self.rows, drawn[k * self.batch_size : (k + 1) * self.batch_size].tolist())
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        i = self.start_batch + worker
-        while True:
-            yield self.batch(i)
-            i += workers
 
 
 class OrderedConversations(Dataset):
@@ -317,9 +310,7 @@ class ChatDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_rows is not None
-        trainer = self.trainer
-        start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
-        rank = trainer.global_rank if trainer else 0
+        start, rank = stream_start(self.trainer)
         ds = RandomConversations(self.train_rows, self.config.batch_size, self.seed, rank, start)
         return DataLoader(ds, batch_size=None, num_workers=self.config.num_workers,
                           persistent_workers=self.config.num_workers > 0)

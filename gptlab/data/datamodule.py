@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from gptlab.data.cache import TokenFiles, prepare_tokens
 from gptlab.data.corpus import HF_PREFIX, Corpus
 from gptlab.data.sources import SHAKESPEARE, DataError, find_or_download
-from gptlab.data.windows import FixedWindows, RandomWindows
+from gptlab.data.windows import FixedWindows, RandomWindows, stream_start
 from gptlab.tokenizers import Tokenizer
 
 
@@ -144,10 +144,7 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.files is not None
-        trainer = self.trainer
-        # resuming: skip the batches the checkpointed run already trained on
-        start = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
-        rank = trainer.global_rank if trainer else 0
+        start, rank = stream_start(self.trainer)
         ds = RandomWindows(self.files.train, self.block_size, self.config.batch_size, self.seed, rank, start)
         return DataLoader(ds, batch_size=None, num_workers=self.config.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.config.num_workers > 0)

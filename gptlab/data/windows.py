@@ -22,7 +22,32 @@ def gather(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[tor
     return w[:, :-1], w[:, 1:]
 
 
-class RandomWindows(IterableDataset):
+class BatchStream(IterableDataset):
+    """An endless stream of training batches where batch i is `self.batch(i)`, starting at `start_batch`: any
+    number of loader workers yield the same sequence (the DataLoader takes from its workers in turn)."""
+
+    start_batch: int
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        i = self.start_batch + worker
+        while True:
+            yield self.batch(i)
+            i += workers
+
+
+def stream_start(trainer) -> tuple[int, int]:
+    """(first batch, rank) of a trainer's stream: a resumed run skips the batches it already trained on."""
+    if trainer is None:
+        return 0, 0
+    return trainer.global_step * trainer.accumulate_grad_batches, trainer.global_rank
+
+
+class RandomWindows(BatchStream):
     """An endless stream of training batches of random windows.
 
     Batch i is a pure function of (seed, rank, i): runs are reproducible, each DDP rank draws its own
@@ -40,14 +65,6 @@ class RandomWindows(IterableDataset):
         rng = np.random.default_rng([self.seed, self.rank, i])
         starts = rng.integers(0, self.max_start + 1, size=self.batch_size)
         return gather(self.tokens, starts, self.block_size)
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        i = self.start_batch + worker  # the DataLoader takes from its workers in turn: order is kept
-        while True:
-            yield self.batch(i)
-            i += workers
 
 
 class FixedWindows(Dataset):

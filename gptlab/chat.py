@@ -98,7 +98,7 @@ def run(node: DictConfig) -> Optional[str]:
     """A chat in the terminal, or (standard input not a terminal) one answer to what standard input holds."""
     cfg = to_spec(ChatConfig, node, "chat")
     device = pick_device(cfg.device)
-    loaded = checkpoint.load(cfg.ckpt_path, device=device)
+    loaded = checkpoint.load(cfg.ckpt_path, device=device, dtype=cfg.dtype)
     if not has_template(loaded.tokenizer):
         raise GptlabError(f"{loaded.path} was not fine-tuned on conversations (its tokenizer has no chat markers): "
                           "fine-tune it with data=chat (see experiment=sft_tasks), or sample text with gptlab generate")

@@ -27,6 +27,7 @@ from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = 2
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # for inference
 
 
 def record(model: GPTConfig, tokenizer: Tokenizer, config: dict, val_tokens_per_char: float) -> dict:
@@ -102,20 +103,22 @@ class Loaded:
         return self.record["config"]
 
 
-def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> Loaded:
+def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: Optional[str] = None) -> Loaded:
     """Rebuild the model (weights loaded, on `device`, eval mode) and tokenizer from a checkpoint or run dir,
-    or from pretrained GPT-2 (`gpt2`, ..., `gpt2-xl`, or a Hugging Face folder: see gptlab.pretrained)."""
+    or from pretrained GPT-2 (`gpt2`, ..., `gpt2-xl`, or a Hugging Face folder: see gptlab.pretrained).
+    dtype: a key of DTYPES to cast the weights to, for inference (None: as stored, float32)."""
+    to = (device,) if dtype is None else (device, DTYPES[dtype])
     from gptlab import pretrained
 
     if pretrained.is_pretrained(path):
         model, tokenizer, folder = pretrained.load(path)
         rec = record(model.config, tokenizer, {"init_from": str(path)}, 1.0)
-        return Loaded(model.to(device), tokenizer, folder, 0, rec)
+        return Loaded(model.to(*to).eval(), tokenizer, folder, 0, rec)
     ckpt_path = resolve_checkpoint(path)
     ckpt = read(ckpt_path)
     rec = read_record(ckpt, ckpt_path)
     model = GPT(GPTConfig(**rec["model"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    model.to(device).eval()
+    model.to(*to).eval()
     return Loaded(model, tokenizer_from_dict(rec["tokenizer"]), ckpt_path, int(ckpt.get("global_step", 0)), rec)

@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gptlab.checkpoint import DTYPES
 from gptlab.data import DataConfig
 from gptlab.errors import GptlabError
 from gptlab.lit.optim import AdamWConfig
@@ -67,40 +68,46 @@ class TrainConfig:
     ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
     init_from: Optional[str] = None  # a new run from trained weights: a run dir, gpt2...gpt2-xl, or a HF folder
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
-    compile: bool = False  # torch.compile the model (pays off on GPUs; on a small CPU model it costs more than it saves)
+    compile: bool = False  # torch.compile the model: pays off on GPUs, and on a CPU in runs of more than a few minutes
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
     checkpoint_every: Optional[str] = "00:00:10:00"  # DD:HH:MM:SS between last.ckpt saves; null: only at validation
 
 
 @dataclass
-class GenerateConfig(SamplingConfig):
-    """python -m gptlab.generate: sample text from a checkpoint."""
+class InferenceConfig(SamplingConfig):
+    """What the entry points that run a checkpoint token by token (generate, chat) share."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    seed: int = 1337  # the same seed, settings and input give the same output
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
+    dtype: Optional[str] = None  # None: the checkpoint's (float32); bfloat16 (~2x faster on CPUs with bf16 units), float16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dtype not in (None, *DTYPES):
+            raise ValueError(f"dtype={self.dtype} is not one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class GenerateConfig(InferenceConfig):
+    """python -m gptlab.generate: sample text from a checkpoint."""
+
     prompt: str = "\n"  # the text the model continues, taken as typed
     prompt_file: Optional[str] = None  # read the prompt from this file instead
     num_samples: int = 1  # sampled together as one batch
-    seed: int = 1337  # the same seed and settings give the same samples
-    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
-    dtype: Optional[str] = None  # None: the checkpoint's (float32); or bfloat16, float16
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.dtype not in (None, "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype={self.dtype} is not one of float32, bfloat16, float16")
 
 
 @dataclass
-class ChatConfig(SamplingConfig):
+class ChatConfig(InferenceConfig):
     """python -m gptlab.chat: talk to a model fine-tuned on conversations."""
 
-    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
     system: Optional[str] = None  # a system message that opens the conversation, taken as typed
     max_new_tokens: int = 256  # the longest answer, in tokens
-    seed: int = 1337  # the same seed, settings and messages give the same answers
-    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
 
 
 @dataclass

@@ -1,6 +1,10 @@
-"""Picking a torch device from a config string."""
+"""Picking a torch device from a config string; what a device can do."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import sys
 
 import torch
 
@@ -21,6 +25,14 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GptlabError(f"device={name} but no CUDA GPU is available: use device=cpu")
     return device
+
+
+def check_cpu_compile() -> None:
+    """torch.compile on a CPU builds C++ kernels: without a compiler it would fail at the first step."""
+    cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(cxx) is None:
+        raise GptlabError(f"compile=true on the CPU needs a C++ compiler and {cxx} is not on the PATH: install one "
+                          "(e.g. apt install g++), point CXX at it, or set compile=false")
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s, no sparsity) from the makers' data sheets, by a name fragment of

@@ -17,7 +17,6 @@ from gptlab.model import complete, prompt_ids
 from gptlab.tokenizers import TokenizerError
 
 register_configs()
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def prompt_text(cfg: GenerateConfig) -> str:
@@ -35,10 +34,8 @@ def run(node: DictConfig) -> list[str]:
     """Generate cfg.num_samples continuations; stream a single one to stdout. Returns the texts (prompt included)."""
     cfg = to_spec(GenerateConfig, node, "generate")
     device = pick_device(cfg.device)
-    loaded = checkpoint.load(cfg.ckpt_path, device=device)
+    loaded = checkpoint.load(cfg.ckpt_path, device=device, dtype=cfg.dtype)
     model, tok = loaded.model, loaded.tokenizer
-    if cfg.dtype:
-        model.to(DTYPES[cfg.dtype])
     print(f"[{loaded.path} (step {loaded.step}) on {device}]", file=sys.stderr)
 
     text = prompt_text(cfg)

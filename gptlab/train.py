@@ -29,6 +29,7 @@ from gptlab import checkpoint, cli, sweep
 from gptlab.config import (OPTIMIZERS, SCHEDULES, TrainConfig, check_top_level, register_configs, to_spec,
                            tokenizer_spec)
 from gptlab.data import DataConfig, make_datamodule
+from gptlab.devices import check_cpu_compile, pick_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary
@@ -153,6 +154,9 @@ def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GP
     if str(trainer_spec.precision) == "16-mixed" and cfg.optim.get("fused") and trainer_spec.gradient_clip_val:
         raise GptlabError("optim.fused=true cannot clip gradients under trainer.precision=16-mixed (the fused step "
                           "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
+    accelerator = trainer_spec.accelerator
+    if cfg.compile and (accelerator == "cpu" or accelerator == "auto" and pick_device("auto").type == "cpu"):
+        check_cpu_compile()
     scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)
     tokenizer = start.tokenizer if start else dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
     datamodule = make_datamodule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,

@@ -278,6 +278,11 @@ def test_chat_reads_one_message_from_stdin_as_typed(sft_run):
     seen = message.replace('"', "")
     expected, _ = reply(loaded.model, loaded.tokenizer, [{"role": "user", "content": seen}], greedy)
     assert r.stdout == expected + "\n"
+    r = cli("-m", "gptlab.chat", f"ckpt_path={root / 'sft'}", "temperature=0", "max_new_tokens=12", "dtype=bfloat16",
+            stdin="What is 12 + 7?")
+    fast = checkpoint.load(root / "sft", dtype="bfloat16")
+    assert r.returncode == 0 and r.stdout == reply(fast.model, fast.tokenizer, [
+        {"role": "user", "content": "What is 12 + 7?"}], greedy)[0] + "\n"
     r = cli("-m", "gptlab.chat", f"ckpt_path={root / 'sft'}", stdin="")
     assert r.returncode == 2 and r.stderr.startswith("error: standard input holds no message")
 

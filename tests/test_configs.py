@@ -36,6 +36,7 @@ SMOKE = {
                   "data.batch_size=2", "trainer.accelerator=cpu", "compile=false",
                   "callbacks.text_samples.max_new_tokens=8", "sample_tokens=8"],
     "shakespeare_char": ["data.batch_size=8"],
+    "sft_tasks": ["compile=false"],  # compiling takes longer than the one step (test_train compiles on the CPU)
 }
 
 

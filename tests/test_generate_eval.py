@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
+from gptlab import checkpoint
 from gptlab import eval as gpt_eval
 from gptlab import generate as gpt_generate
 from gptlab.errors import GptlabError
+from gptlab.model import SamplingConfig, complete
 from gptlab.tokenizers import ByteLevelBPE, TokenizerError
 from gptlab.train import train
 
@@ -50,12 +53,24 @@ def test_greedy_streams_and_matches_without_cache(run_dir, capsys, tmp_path):
     assert gpt_generate.run(cfg("generate", *common, "use_cache=false")) == cached
 
 
+def test_generate_in_bfloat16_runs_the_model_in_bfloat16(run_dir):
+    """dtype=bfloat16 (the fast setting on CPUs with bf16 units): the weights, the KV cache and the steps in bf16."""
+    loaded = checkpoint.load(run_dir, dtype="bfloat16")
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16} and not loaded.model.training
+    common = [f"ckpt_path={run_dir}", "prompt=ROMEO:", "temperature=0", "max_new_tokens=30"]
+    out = gpt_generate.run(cfg("generate", *common, "dtype=bfloat16"))
+    assert len(out) == 1 and out[0].startswith("ROMEO:") and len(out[0]) == 36
+    assert complete(loaded.model, loaded.tokenizer, "ROMEO:", SamplingConfig(30, temperature=0)) == [out[0][6:]]
+    assert loaded.model.transformer.h[0].attn.kv_cache.k.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["temperature=-1"], "temperature must be >= 0"),
     (["top_p=0"], r"top_p must be in \(0, 1\]"),
     (["top_p=1.5"], r"top_p must be in \(0, 1\]"),
     (["top_k=0"], "top_k must be >= 1"),
     (["prompt=''"], "prompt is empty and this tokenizer has no start token"),
+    (["dtype=int8"], "dtype=int8 is not one of float32, bfloat16, float16"),
 ])
 def test_generate_bad_input(run_dir, overrides, message):
     with pytest.raises(GptlabError, match=message):

@@ -250,6 +250,14 @@ def test_compiled_run_leaves_plain_checkpoint_keys(cfg_factory, tmp_path):
     assert checkpoint.load(tmp_path / "run").model is not None
 
 
+def test_compile_on_a_cpu_without_a_compiler_is_one_line_before_anything_is_written(cfg_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(GptlabError, match=r"^compile=true on the CPU needs a C\+\+ compiler and no-such-c\+\+-compiler "
+                       r"is not on the PATH: .* or set compile=false$"):
+        train(cfg_factory("compile=true", "trainer.accelerator=cpu", "trainer.max_steps=2"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_cluster_launcher_configs(tmp_path, cache_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_module

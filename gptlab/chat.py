@@ -32,8 +32,18 @@ class Session:
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, cfg: ChatConfig) -> None:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        self.system: Optional[str] = cfg.system
+        self.system: Optional[str] = self.known(cfg.system) if cfg.system else None
         self.turns: list[Message] = []
+
+    def known(self, text: str) -> str:
+        """text without the characters the model's vocabulary cannot encode (a char vocabulary lacks those it
+        never saw), saying which were left out."""
+        lost = set(self.tokenizer.unknown(text))
+        if lost:
+            shown = ", ".join(repr(c) for c in sorted(lost)[:10])
+            print(f"[not in this model's vocabulary, left out: {shown}]", file=sys.stderr, flush=True)
+            text = "".join(c for c in text if c not in lost)
+        return text
 
     def messages(self) -> list[Message]:
         head: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
@@ -41,12 +51,7 @@ class Session:
 
     def ask(self, text: str, stream: bool) -> str:
         """The model's answer to text (streamed to stdout if stream); both join the conversation."""
-        lost = set(self.tokenizer.unknown(text))
-        if lost:
-            shown = ", ".join(repr(c) for c in sorted(lost)[:10])
-            print(f"[not in this model's vocabulary, left out: {shown}]", file=sys.stderr, flush=True)
-            text = "".join(c for c in text if c not in lost)
-        self.turns.append({"role": "user", "content": text})
+        self.turns.append({"role": "user", "content": self.known(text)})
         out = (lambda piece: print(piece, end="", flush=True)) if stream else None
         try:
             answer, dropped = reply(self.model, self.tokenizer, self.messages(), self.cfg,
@@ -55,8 +60,10 @@ class Session:
             self.turns.pop()
             raise
         self.turns.append({"role": "assistant", "content": answer})
+        if stream:
+            print(flush=True)  # the streamed answer's line ends before any note
         if dropped:
-            print(f"\n[the {dropped} oldest message(s) no longer fit in the context of "
+            print(f"[the {dropped} oldest message(s) no longer fit in the context of "
                   f"{self.model.config.block_size} tokens: left out]", file=sys.stderr, flush=True)
         return answer
 
@@ -80,7 +87,7 @@ def interactive(session: Session) -> None:
             print("[a new conversation]", file=sys.stderr)
             continue
         if command == "/system":
-            session.system = line.lstrip()[len("/system"):].lstrip(" ") or None
+            session.system = session.known(line.lstrip()[len("/system"):].lstrip(" ")) or None
             print(f"[system message {'set' if session.system else 'removed'}]", file=sys.stderr)
             continue
         if not line:
@@ -90,8 +97,6 @@ def interactive(session: Session) -> None:
             session.ask(line, stream=True)
         except KeyboardInterrupt:
             print("\n[stopped: that answer is not kept]", file=sys.stderr)
-            continue
-        print(flush=True)
 
 
 def run(node: DictConfig) -> Optional[str]:

@@ -27,6 +27,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether the device multiplies bf16 matrices in hardware (CUDA from Ampere on; CPUs with AVX512-BF16 or
+    AMX), where bf16 weights run generation about twice as fast as fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(probe() for probe in probes if probe is not None)
+    return False
+
+
 def check_cpu_compile() -> None:
     """torch.compile on a CPU builds C++ kernels: without a compiler it would fail at the first step."""
     cxx = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")

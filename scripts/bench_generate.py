@@ -5,8 +5,11 @@ Random weights (speed does not depend on them), greedy decoding of a fixed numbe
 (`pip install transformers`, a benchmark-only dependency) its `GPT2LMHeadModel.generate(use_cache=True)`
 runs on a model of the same shape, device and dtype in the same process.
 
-    python scripts/bench_generate.py [--new-tokens 256] [--repeats 4] [--device cuda] [--dtype bfloat16] [--compile]
+    python scripts/bench_generate.py [--new-tokens 256] [--repeats 4] [--device cuda] [--dtype float32] [--compile]
                                      [--threads 1]
+
+--dtype (both sides): auto, the default, is bfloat16 where the device multiplies it in hardware (CUDA from
+Ampere on, CPUs with AVX512-BF16 or AMX: `gptlab generate dtype=bfloat16` is the fast setting there), else float32.
 
 --compile: gptlab compiles its one-token step (`decode_one`; CUDA graphs on a GPU) and transformers gets
 its static cache (`cache_implementation="static"`, which it compiles itself on CUDA).
@@ -22,9 +25,9 @@ import time
 
 import torch
 
+from gptlab.checkpoint import DTYPES
+from gptlab.devices import has_fast_bf16
 from gptlab.model import GPT, GPTConfig, generate
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 SHAPES = {  # name: (vocab, block, layers, heads, dim)
     "small": (65, 128, 6, 8, 256),
@@ -63,14 +66,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
-    ap.add_argument("--dtype", default="float32", choices=list(DTYPES), help="weights and activations, both sides")
+    ap.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help="weights and activations, both sides "
+                    "(auto: bfloat16 where the device has bf16 matrix units, else float32)")
     ap.add_argument("--compile", action="store_true", help="torch.compile gptlab's decode step (see above)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 is steadier on a "
                     "machine that other jobs share, where a thread kept waiting stalls every parallel op")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device = torch.device(args.device)
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if has_fast_bf16(device) else "float32"
+    dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {device} ({torch.get_num_threads()} CPU threads), {args.dtype}, "
           f"compile={args.compile}, {args.new_tokens} new tokens after a 16-token prompt (fewer where the context "

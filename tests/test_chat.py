@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from gptlab import checkpoint
+from gptlab.chat import Session, interactive
+from gptlab.config import ChatConfig
 from gptlab.data import chat as chat_data
 from gptlab.data.sources import DataError
 from gptlab.model import GPT, GPTConfig, add_tokens
@@ -285,6 +287,29 @@ def test_chat_reads_one_message_from_stdin_as_typed(sft_run):
         {"role": "user", "content": "What is 12 + 7?"}], greedy)[0] + "\n"
     r = cli("-m", "gptlab.chat", f"ckpt_path={root / 'sft'}", stdin="")
     assert r.returncode == 2 and r.stderr.startswith("error: standard input holds no message")
+
+
+def test_interactive_chat_streams_keeps_the_context_and_obeys_commands(sft_run, monkeypatch, capsys):
+    root, _ = sft_run
+    loaded = checkpoint.load(root / "sft")
+    model, tok = loaded.model, loaded.tokenizer
+    cfg = ChatConfig(ckpt_path=str(root / "sft"), temperature=0.0, top_k=None, max_new_tokens=6)
+    questions = ["What is 12 + 30?", "and now add 5", "double it", "now subtract 3"]  # 4 turns: more than 64 tokens
+    typed = iter([*questions, "/system Be brief\u20ac", "/reset", "What is 2 + 2?", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(typed))
+    interactive(Session(model, tok, cfg))
+    out, err = capsys.readouterr()
+    messages, answers = [], []
+    for q in questions:  # what the library answers to the same conversation
+        messages.append({"role": "user", "content": q})
+        answer, dropped = reply(model, tok, messages, cfg)
+        messages.append({"role": "assistant", "content": answer})
+        answers.append(answer)
+    last, _ = reply(model, tok, [{"role": "system", "content": "Be brief"},
+                                 {"role": "user", "content": "What is 2 + 2?"}], cfg)
+    assert out == "".join(f"model> {a}\n" for a in [*answers, last])  # each answer on its own line
+    assert dropped > 0 and f"[the {dropped} oldest message(s) no longer fit in the context of 64 tokens" in err
+    assert "left out: '\u20ac'" in err and "[system message set]" in err and "[a new conversation]" in err
 
 
 def test_bad_chat_data_through_the_cli_is_one_line_and_writes_nothing(tmp_path, sft_run):

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from hydra import compose, initialize_config_module
 from gptlab import checkpoint
 from gptlab import eval as gpt_eval
 from gptlab import generate as gpt_generate
+from gptlab.devices import has_fast_bf16
 from gptlab.errors import GptlabError
 from gptlab.model import SamplingConfig, complete
 from gptlab.tokenizers import ByteLevelBPE, TokenizerError
@@ -62,6 +64,16 @@ def test_generate_in_bfloat16_runs_the_model_in_bfloat16(run_dir):
     assert len(out) == 1 and out[0].startswith("ROMEO:") and len(out[0]) == 36
     assert complete(loaded.model, loaded.tokenizer, "ROMEO:", SamplingConfig(30, temperature=0)) == [out[0][6:]]
     assert loaded.model.transformer.h[0].attn.kv_cache.k.dtype == torch.bfloat16
+
+
+def test_fast_bf16_follows_the_cpu_flags():
+    """bench_generate's default dtype: bf16 where the CPU has bf16 instructions (AVX512-BF16, AMX)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("reads Linux's /proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split())
+    assert has_fast_bf16(torch.device("cpu")) == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert has_fast_bf16(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("overrides, message", [

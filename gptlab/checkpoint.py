@@ -107,9 +107,9 @@ def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype
     """Rebuild the model (weights loaded, on `device`, eval mode) and tokenizer from a checkpoint or run dir,
     or from pretrained GPT-2 (`gpt2`, ..., `gpt2-xl`, or a Hugging Face folder: see gptlab.pretrained).
     dtype: a key of DTYPES to cast the weights to, for inference (None: as stored, float32)."""
-    to = (device,) if dtype is None else (device, DTYPES[dtype])
     from gptlab import pretrained
 
+    to = (device,) if dtype is None else (device, DTYPES[dtype])
     if pretrained.is_pretrained(path):
         model, tokenizer, folder = pretrained.load(path)
         rec = record(model.config, tokenizer, {"init_from": str(path)}, 1.0)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
 from gptlab import checkpoint, cli

@@ -36,7 +36,7 @@ from gptlab.lit.callbacks import HparamsSummary, RunSummary
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, requeued_run
 from gptlab.lit.trainer import TrainerConfig
 from gptlab.model import GPT, GPTConfig, SamplingConfig, complete
-from gptlab.model.chat import reply
+from gptlab.model.chat import GREEDY, reply
 from gptlab.pretrained import adapt
 from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
 
@@ -292,7 +292,7 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
     conversations = getattr(trainer.datamodule, "val_conversations", None)  # type: ignore[attr-defined]
     if cfg.sample_tokens > 0 and conversations:  # a chat run: its answers to a few val questions
         print("\n--- greedy answers to val conversations ---")
-        greedy = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=0.0, top_k=None)
+        greedy = dataclasses.replace(GREEDY, max_new_tokens=cfg.sample_tokens)
         for conv in conversations[:3]:
             k = next(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
             answer, _ = reply(module.model, module.tokenizer, conv.messages[:k], greedy)  # type: ignore[arg-type]

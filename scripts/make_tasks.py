@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate a small instruction-following data set for supervised fine-tuning demos (standard library only).
+"""Generate a small instruction-following data set for supervised fine-tuning demos (standard library, and gptlab's atomic writer).
 
     python scripts/make_tasks.py out=data/tasks [seed=0] [n=50000] [val=0.05] [test=0.05] [force=false]
     python scripts/make_tasks.py --out data/tasks --seed 1          # the same keys as flags
@@ -27,12 +27,12 @@ Importable: `generate(seed, n)`, `make_splits(seed, n, val, test)`, `prompt_key(
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
+
+from gptlab.files import atomic_write
 
 Conversation = dict  # {"task": str, "messages": [{"role": "user"|"assistant", "content": str}, ...]}
 
@@ -282,22 +282,9 @@ def to_jsonl(convs: list[Conversation]) -> bytes:
 
 
 def write_splits(out: Path, payloads: dict[str, bytes]) -> None:
-    """Write each split atomically: a temporary file in `out`, then a rename over the final name."""
-    out.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
+    """Write each split atomically (gptlab.files.atomic_write: a temporary file beside it, then a rename)."""
     for name, data in payloads.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-        try:
-            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; the data set is an ordinary file
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out / f"{name}.jsonl")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(out / f"{name}.jsonl", lambda f, data=data: f.write(data))
 
 
 # --- command line ------------------------------------------------------------------------------------------

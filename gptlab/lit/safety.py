@@ -55,19 +55,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
 
         def write(f: Any) -> None:
-            os.fchmod(f.fileno(), _default_file_mode())  # the temporary file is private (0600); the checkpoint not
             torch.save(checkpoint, f)
 
         path = Path(path)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while it saved
             stale.unlink(missing_ok=True)
         atomic_write(path, write)
-
-
-def _default_file_mode() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 class Interrupted(BaseException):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from gptlab import checkpoint, cli
 from gptlab.config import ChatConfig, register_configs, to_spec
-from gptlab.devices import pick_device
+from gptlab.devices import inference_dtype, pick_device
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.model.chat import reply
@@ -103,7 +103,7 @@ def run(node: DictConfig) -> Optional[str]:
     """A chat in the terminal, or (standard input not a terminal) one answer to what standard input holds."""
     cfg = to_spec(ChatConfig, node, "chat")
     device = pick_device(cfg.device)
-    loaded = checkpoint.load(cfg.ckpt_path, device=device, dtype=cfg.dtype)
+    loaded = checkpoint.load(cfg.ckpt_path, device=device, dtype=inference_dtype(cfg.dtype, device))
     if not has_template(loaded.tokenizer):
         raise GptlabError(f"{loaded.path} was not fine-tuned on conversations (its tokenizer has no chat markers): "
                           "fine-tune it with data=chat (see experiment=sft_tasks), or sample text with gptlab generate")

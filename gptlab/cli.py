@@ -51,6 +51,11 @@ def one_line(ex: BaseException) -> str:
     if isinstance(ex, OmegaConfBaseException):
         parts = [str(ex).splitlines()[0]]
     text = " ".join(" ".join(parts).split()).split(" Config search path")[0]
+    if "LexerNoViableAlt" in text or "mismatched input" in text or "missing EQUAL" in text:
+        # a word of free text the shell split off: `prompt=O Romeo, Romeo` reaches Hydra as three arguments
+        word = text.split("LexerNoViableAltException: ")[-1].split(" ^")[0] if "LexerNoViableAlt" in text else ""
+        return (f"{word + ': ' if word else ''}not a key=value setting. Text with spaces, commas or quotes "
+                f"goes in quotes: {COMMAND} ... prompt=\"O Romeo, Romeo\" (or --prompt O Romeo, Romeo)")
     if isinstance(ex, (HydraException, OmegaConfBaseException)):
         text += f" | every key: {COMMAND} --cfg job"
     return text
@@ -64,16 +69,27 @@ def quote(text: str) -> str:
     return f"'{text}'"
 
 
+OVERRIDE = re.compile(r"[~+]{0,2}[A-Za-z_][\w.@/-]*=")  # what starts a Hydra override: key=, +key=, ~key=
+
+
 def verbatim(argv: Sequence[str], keys: Sequence[str]) -> list[str]:
     """Free text reaches the config as typed: `key=ANY TEXT`, `--key ANY TEXT` and `--key=ANY TEXT` become
-    Hydra quoted strings for the keys that take free text (prompts, messages, paths). A value already
-    written in Hydra's quotes (`'prompt="..."'`) is left as it is."""
+    Hydra quoted strings for the keys that take free text (prompts, messages, paths). `--key` takes every
+    word after it up to the next override or flag, so an unquoted `--prompt O Romeo, Romeo!` is one prompt
+    (the shell has already turned runs of spaces into one). A value already written in Hydra's quotes
+    (`'prompt="..."'`) is left as it is."""
     out, args = [], list(argv)
     while args:
         arg = args.pop(0)
         flag = arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
         if flag in keys:
-            value = arg.split("=", 1)[1] if "=" in arg else (args.pop(0) if args else "")
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            else:
+                words = []
+                while args and (not words or not (OVERRIDE.match(args[0]) or args[0].startswith("-"))):
+                    words.append(args.pop(0))
+                value = " ".join(words)
             out.append(f"{flag}={quote(value)}")
             continue
         key, eq, value = arg.partition("=")
@@ -133,24 +149,31 @@ def reports_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]
             if os.environ.get("GPTLAB_TRACEBACK") == "1":
                 raise
             fail(ex)
+        except KeyboardInterrupt:  # Ctrl-C before training began (or twice): nothing to save, no empty folder
+            removed = remove_if_unused(cfg)
+            print("\ninterrupted before anything was saved: stopped" + (", its run folder removed" if removed else ""),
+                  file=sys.stderr, flush=True)
+            sys.exit(130)
 
     return wrapper
 
 
-def remove_if_unused(cfg: DictConfig) -> None:
+def remove_if_unused(cfg: DictConfig) -> bool:
     """A run that failed before it started leaves no folder: Hydra made the run dir (with .hydra/ and a log)
-    before the job ran; if nothing else was written there, take it away again."""
+    before the job ran; if nothing else was written there, take it away again. Whether it was taken away."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         out = Path(HydraConfig.get().runtime.output_dir)
     except Exception:  # not under Hydra's main (tests call the task with a composed config)
-        return
+        return False
     if out.resolve() == Path.cwd().resolve() or not out.is_dir():
-        return
+        return False
     made_by_hydra = {".hydra"} | {p.name for p in out.glob("*.log")}
-    if all(p.name in made_by_hydra for p in out.iterdir()):
-        shutil.rmtree(out, ignore_errors=True)
-        for parent in (out.parent, out.parent.parent):  # outputs/<date>/ too, if this was its only run
-            if parent.name and parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
+    if not all(p.name in made_by_hydra for p in out.iterdir()):
+        return False
+    shutil.rmtree(out, ignore_errors=True)
+    for parent in (out.parent, out.parent.parent):  # outputs/<date>/ too, if this was its only run
+        if parent.name and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+    return True

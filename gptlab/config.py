@@ -27,7 +27,7 @@ from gptlab.data import DataConfig
 from gptlab.errors import GptlabError
 from gptlab.lit.optim import AdamWConfig
 from gptlab.lit.schedule import WarmupCosine
-from gptlab.lit.trainer import TrainerConfig
+from gptlab.lit.trainer import TrainerConfig, parse_duration
 from gptlab.model import GPTConfig, SamplingConfig
 from gptlab.tokenizers import TOKENIZERS, TokenizerError
 
@@ -68,7 +68,9 @@ class TrainConfig:
     ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
     init_from: Optional[str] = None  # a new run from trained weights: a run dir, gpt2...gpt2-xl, or a HF folder
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
-    compile: bool = False  # torch.compile the model: pays off on GPUs, and on a CPU in runs of more than a few minutes
+    # torch.compile the model: true, false, or auto: on a GPU; on a CPU where bf16 trains fast and the time budget
+    # is 5 minutes or more (see devices.auto_compile for what was measured)
+    compile: Any = False
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
     checkpoint_every: Optional[str] = "00:00:10:00"  # DD:HH:MM:SS between last.ckpt saves; null: only at validation
 
@@ -80,12 +82,14 @@ class InferenceConfig(SamplingConfig):
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
     seed: int = 1337  # the same seed, settings and input give the same output
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
-    dtype: Optional[str] = None  # None: the checkpoint's (float32); bfloat16 (~2x faster on CPUs with bf16 units), float16
+    # None: the checkpoint's (float32); auto: bfloat16 where a probe finds bf16 fast here (~2x on CPUs with bf16
+    # units), else float32; bfloat16, float16
+    dtype: Optional[str] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.dtype not in (None, *DTYPES):
-            raise ValueError(f"dtype={self.dtype} is not one of {', '.join(DTYPES)}")
+        if self.dtype not in (None, "auto", *DTYPES):
+            raise ValueError(f"dtype={self.dtype} is not one of auto, {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -166,7 +170,8 @@ def run_name() -> str:
         name = HydraConfig.get().job.override_dirname
     except ValueError:
         return ""
-    name = unescape(name).replace("/", "|")  # a path in an override must not open sub-folders
+    name = re.sub(r"=(['\"])(.*?)\1(?=,|$)", r"=\2", unescape(name))  # the quotes free text is passed in
+    name = name.replace("/", "|")  # a path in an override must not open sub-folders
     if len(name) > 120:  # a folder name has at most 255 bytes: keep the start, and a hash to tell runs apart
         name = f"{name[:110]}…{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
@@ -239,5 +244,12 @@ def check_top_level(cfg: DictConfig) -> None:
         raise GptlabError(f"unknown config key {unknown[0]}: the top level takes {', '.join(sorted(known))}")
     if cfg.sample_tokens < 0:
         raise GptlabError(f"sample_tokens must be >= 0 (0: no sample), got {cfg.sample_tokens}")
+    if cfg.compile not in (True, False, "auto"):
+        raise GptlabError(f"compile={cfg.compile} is not one of true, false, auto")
+    if cfg.get("checkpoint_every"):
+        try:
+            parse_duration(cfg.checkpoint_every, "checkpoint_every")
+        except ValueError as e:
+            raise GptlabError(f"{e}, or null") from None
     if cfg.matmul_precision not in ("highest", "high", "medium"):
         raise GptlabError(f"matmul_precision={cfg.matmul_precision} is not one of highest, high, medium")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import platform
 import shutil
 import sys
+import time
+from pathlib import Path
 
 import torch
 
 from gptlab.errors import GptlabError
+from gptlab.files import atomic_write
 
 
 def pick_device(name: str) -> torch.device:
@@ -27,15 +33,125 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def has_fast_bf16(device: torch.device) -> bool:
-    """Whether the device multiplies bf16 matrices in hardware (CUDA from Ampere on; CPUs with AVX512-BF16 or
-    AMX), where bf16 weights run generation about twice as fast as fp32."""
+# Matmul shape and repeats of the bf16 probe: big enough that bf16 units show (on CPUs with AMX a 256-square
+# bf16 matmul runs ~2x fp32; without bf16 units it runs 10-100x slower), small enough to take milliseconds.
+PROBE_SIZE, PROBE_REPEATS, PROBE_SECONDS = 256, 10, 0.2
+FAST_BF16_SPEEDUP = 1.2  # bf16 must beat fp32 by this much to be chosen: a tie is not worth the rounding
+_speedups: dict[str, float] = {}
+
+
+def _machine_key(device: torch.device) -> str:
+    """What the probe's answer depends on: the processor, torch, its threads and the settings that cap the ISA
+    its kernels use (ATen's, oneDNN's and MKL's)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(probe() for probe in probes if probe is not None)
-    return False
+        return f"cuda|{torch.cuda.get_device_name(device)}|{torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    caps = ",".join(os.environ.get(v, "") for v in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                    "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_DEFAULT_FPMATH_MODE"))
+    return f"{device.type}|{cpu}|{torch.__version__}|{torch.get_num_threads()} threads|{caps}"
+
+
+def _probe_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptlab" / "bf16_probe.json"
+
+
+def bf16_speedup(device: torch.device) -> float:
+    """How many times faster a bf16 matmul runs than an fp32 one on this device, measured once per machine
+    (a few milliseconds; kept in ~/.cache/gptlab/bf16_probe.json, keyed by processor, torch and threads).
+    What torch really runs is measured, not what the CPU flags promise: a build or a setting may not use them."""
+    if device.type == "cuda":  # tensor cores from Ampere (8.0) on; torch emulates bf16 on older GPUs
+        return 2.0 if torch.cuda.get_device_capability(device) >= (8, 0) else 0.5
+    if device.type != "cpu":
+        return 0.0  # mps and others: not measured, fp32
+    key = _machine_key(device)
+    if key in _speedups:
+        return _speedups[key]
+    path = _probe_file()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known.get(key), (int, float)):
+        known[key] = _time_matmul(torch.float32) / _time_matmul(torch.bfloat16)
+        try:
+            atomic_write(path, lambda f: f.write(json.dumps(known, indent=1)), mode="w")
+        except OSError:
+            pass  # a read-only home: measured again next time
+    _speedups[key] = float(known[key])
+    return _speedups[key]
+
+
+def _time_matmul(dtype: torch.dtype) -> float:
+    """Seconds of the fastest of up to PROBE_REPEATS PROBE_SIZE-square matmuls on the CPU (the first one warms
+    up; the fastest is the one another process on the machine disturbed least)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(PROBE_SIZE, PROBE_SIZE, generator=g).to(dtype) for _ in range(2))
+    a @ b
+    best, spent = math.inf, 0.0
+    for _ in range(PROBE_REPEATS):
+        t = time.perf_counter()
+        a @ b
+        took = time.perf_counter() - t
+        best, spent = min(best, took), spent + took
+        if spent > PROBE_SECONDS:
+            break
+    return max(best, 1e-9)
+
+
+def lightning_device(accelerator: str) -> torch.device:
+    """The device a `trainer.accelerator` setting trains on (the first one, for several)."""
+    kind = {"gpu": "cuda", "cuda": "cuda", "cpu": "cpu", "mps": "mps"}.get(str(accelerator))
+    return pick_device("auto") if kind is None else torch.device(kind)
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run clearly faster than fp32 here (CUDA from Ampere on; CPUs whose bf16 units torch
+    uses): there bf16-mixed trains and bf16 weights generate faster; elsewhere bf16 only costs."""
+    return bf16_speedup(device) >= FAST_BF16_SPEEDUP
+
+
+def auto_precision(device: torch.device) -> tuple[str, str]:
+    """trainer.precision=auto: (the precision, why), for the start block."""
+    speedup = bf16_speedup(device)
+    if device.type not in ("cuda", "cpu"):
+        return "32-true", f"auto: fp32 on {device.type}"
+    if device.type == "cuda":
+        return ("bf16-mixed", "auto: the GPU has bf16 tensor cores") if speedup >= FAST_BF16_SPEEDUP else \
+            ("32-true", "auto: the GPU has no bf16 tensor cores (16-mixed is the fast choice there)")
+    verdict = "bf16-mixed" if speedup >= FAST_BF16_SPEEDUP else "32-true"
+    return verdict, f"auto: bf16 matmuls run {speedup:.1f}x as fast as fp32 on this CPU"
+
+
+# torch.compile on a CPU, measured on the SFT recipe's model (2 layers x 128, batches of 64 conversations):
+# with AMX and bf16 it took ~40 s and then ran 1.35x the steps; on a CPU reduced to AVX2, in fp32, it took 30 s
+# and ran no faster (38-42k tokens/s compiled, 40-43k not). So on a CPU it pays only in bf16, and only once the
+# run is long enough to win back its start: 5 minutes.
+COMPILE_PAYS_AFTER_S = 300
+
+
+def auto_compile(device: torch.device, precision: str, budget_s: float | None) -> tuple[bool, str]:
+    """compile=auto: (whether to torch.compile the model, why), for the start block."""
+    if device.type == "cuda":
+        return True, "auto: on a GPU"
+    if device.type != "cpu":
+        return False, f"auto: not on {device.type}"
+    if not precision.startswith("bf16"):
+        return False, "auto: in fp32 on a CPU it runs no faster"
+    if budget_s is None or budget_s < COMPILE_PAYS_AFTER_S:
+        return False, "auto: a CPU run shorter than 5 minutes does not win back the time it takes"
+    return True, "auto: bf16 on this CPU runs ~1.35x faster compiled"
+
+
+def inference_dtype(dtype: str | None, device: torch.device) -> str | None:
+    """The dtype= of generate and chat, resolved: auto is bfloat16 weights where bf16 is fast here, else float32."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if has_fast_bf16(device) else "float32"
 
 
 def check_cpu_compile() -> None:
@@ -70,8 +186,6 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> flo
 
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of a large square matmul: the practical peak where no data sheet figure is known."""
-    import time
-
     n, reps = (8192, 20) if device.type == "cuda" else (1024, 5)
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)

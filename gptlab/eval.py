@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from gptlab import checkpoint, cli
 from gptlab.config import EvalConfig, register_configs, to_spec, tokenizer_spec
 from gptlab.data import DataConfig, DataError, FixedWindows, TextDataModule, encode, read_text
-from gptlab.devices import pick_device
+from gptlab.devices import auto_precision, has_fast_bf16, pick_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.trainer import TrainerConfig
@@ -85,7 +86,14 @@ def run(node: DictConfig) -> dict:
 
 
 def validator(device, precision, **settings) -> L.Trainer:
-    """A Trainer that only validates, quietly, on one device."""
+    """A Trainer that only validates, quietly, on one device, in the run's precision where it is fast here:
+    `auto` is decided for this device, and bf16 where bf16 is slow here (a CPU without bf16 units) is fp32."""
+    if str(precision) == "auto":
+        precision = auto_precision(device)[0]
+    elif str(precision).startswith("bf16") and not has_fast_bf16(device):
+        print(f"[the run trained in {precision}; bf16 is slow on this {device.type}: scoring in 32-true]",
+              file=sys.stderr)
+        precision = "32-true"
     return L.Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
                      precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, **settings)

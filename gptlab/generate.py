@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from gptlab import checkpoint, cli
 from gptlab.config import GenerateConfig, register_configs, to_spec
-from gptlab.devices import pick_device
+from gptlab.devices import inference_dtype, pick_device
 from gptlab.errors import GptlabError
 from gptlab.model import complete, prompt_ids
 from gptlab.tokenizers import TokenizerError
@@ -33,7 +33,7 @@ def run(node: DictConfig) -> list[str]:
     """Generate cfg.num_samples continuations; stream a single one to stdout. Returns the texts (prompt included)."""
     cfg = to_spec(GenerateConfig, node, "generate")
     device = pick_device(cfg.device)
-    loaded = checkpoint.load(cfg.ckpt_path, device=device, dtype=cfg.dtype)
+    loaded = checkpoint.load(cfg.ckpt_path, device=device, dtype=inference_dtype(cfg.dtype, device))
     model, tok = loaded.model, loaded.tokenizer
     print(f"[{loaded.path} (step {loaded.step}) on {device}]", file=sys.stderr)
 

@@ -170,7 +170,7 @@ def records_result(relaunches: Callable[[DictConfig], bool]):
                 print(f"error: job {hc.job.num} failed: {message}", file=sys.stderr)
                 return math.nan
             loss = metrics.get("val/loss", math.nan)
-            if rank_zero_only.rank == 0:
+            if rank_zero_only.rank == 0 and out_dir.is_dir():  # (debug=fast takes its folder away)
                 write_result(out_dir, status="ok" if math.isfinite(loss) else "nan",
                              wall_s=time.perf_counter() - start,
                              **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)

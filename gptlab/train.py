@@ -10,7 +10,10 @@ import dataclasses
 import functools
 import logging
 import math
+import shlex
+import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -25,16 +28,17 @@ from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
+import gptlab
 from gptlab import checkpoint, cli, sweep
 from gptlab.config import (OPTIMIZERS, SCHEDULES, TrainConfig, check_top_level, register_configs, to_spec,
                            tokenizer_spec)
 from gptlab.data import DataConfig, make_datamodule
-from gptlab.devices import check_cpu_compile, pick_device
+from gptlab.devices import auto_compile, auto_precision, check_cpu_compile, lightning_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
-from gptlab.lit.callbacks import HparamsSummary, RunSummary
-from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, requeued_run
-from gptlab.lit.trainer import TrainerConfig
+from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBudget
+from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, requeued_run, stops_on_signals
+from gptlab.lit.trainer import TrainerConfig, parse_duration
 from gptlab.model import GPT, GPTConfig, SamplingConfig, complete
 from gptlab.model.chat import GREEDY, reply
 from gptlab.pretrained import adapt
@@ -46,7 +50,7 @@ register_configs()
 class _DropBanners(logging.Filter):
     """Lightning's start-up lines that say nothing about this run (gptlab prints its own summary)."""
 
-    NOISE = ("Tip:", " available: ", "`Trainer(", "LOCAL_RANK:", "`Trainer.fit` stopped")
+    NOISE = ("Tip:", " available: ", "`Trainer(", "LOCAL_RANK:", "`Trainer.fit` stopped", "Automatic Mixed Precision")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(n in record.getMessage() for n in self.NOISE)
@@ -143,9 +147,11 @@ def resumed(cfg: DictConfig, stored: dict, overrides: Optional[list[str]]) -> Di
     return out
 
 
-def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GPTLitModule, L.LightningDataModule]:
+def build(cfg: DictConfig, start: Optional[Start] = None, started: Optional[float] = None
+          ) -> tuple[L.Trainer, GPTLitModule, L.LightningDataModule]:
     """Every object of the run, from a composed config; nothing is written yet. start: the model and the
-    tokenizer a run starts from (init_from=) or resumes with, instead of new ones."""
+    tokenizer a run starts from (init_from=) or resumes with, instead of new ones. started: the monotonic
+    time trainer.max_time counts from (None: now)."""
     check_top_level(cfg)
     model_spec = start.model.config if start else to_spec(GPTConfig, cfg.model, "model")
     data_spec = to_spec(DataConfig, cfg.data, "data")
@@ -154,26 +160,32 @@ def build(cfg: DictConfig, start: Optional[Start] = None) -> tuple[L.Trainer, GP
     if str(trainer_spec.precision) == "16-mixed" and cfg.optim.get("fused") and trainer_spec.gradient_clip_val:
         raise GptlabError("optim.fused=true cannot clip gradients under trainer.precision=16-mixed (the fused step "
                           "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
-    accelerator = trainer_spec.accelerator
-    if cfg.compile and (accelerator == "cpu" or accelerator == "auto" and pick_device("auto").type == "cpu"):
+    device = lightning_device(trainer_spec.accelerator)
+    settings, why = lightning_settings(trainer_spec)
+    precision = settings["precision"]
+    budget_s = parse_duration(trainer_spec.max_time, "trainer.max_time") if trainer_spec.max_time else None
+    compiled, why_compile = (bool(cfg.compile), "") if cfg.compile != "auto" else \
+        auto_compile(device, precision, budget_s)
+    if compiled and device.type == "cpu":
         check_cpu_compile()
     scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)
     tokenizer = start.tokenizer if start else dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
     datamodule = make_datamodule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
                                  cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
-    module = GPTLitModule(model_spec, optimizer=optimizer, scheduler=scheduler, compile=cfg.compile,
+    module = GPTLitModule(model_spec, optimizer=optimizer, scheduler=scheduler, compile=compiled,
                           run_config=run_config(cfg), tokenizer=start.tokenizer if start else None,
                           gpt=start.model if start and start.weights else None)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(resolved, dict)
-    callbacks.append(RunSummary(trainer_spec.max_time))
+    callbacks.append(RunSummary(trainer_spec.max_time, why, compiled, why_compile))
+    end_tokens = cfg.sample_tokens + sum(c.sampling.max_new_tokens for c in callbacks if isinstance(c, TextSamples))
+    callbacks.append(TimeBudget(trainer_spec.max_time, started, end_tokens))
     # signals save the step, the clock saves too, a NaN stops the run (an older run's config lacks the key)
     callbacks.append(Safeguards(cfg.get("checkpoint_every", TrainConfig.checkpoint_every)))
     callbacks.append(HparamsSummary(flat({k: v for k, v in resolved.items() if k in module.run_config
                                           and k not in ("callbacks", "logger")})))
     logger = instantiate(cfg.logger) if cfg.logger else False
-    settings = dataclasses.asdict(trainer_spec)
     if isinstance(settings["profiler"], dict):  # a profiler config with _target_
         settings["profiler"] = instantiate(settings["profiler"])
     try:
@@ -243,13 +255,15 @@ def starting_point(cfg: DictConfig, overrides: Optional[list[str]], stored: Opti
     return Start(initial_model(source, cfg, overrides), source.tokenizer, weights=True)
 
 
-def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, float]:
+def train(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optional[float] = None) -> dict[str, float]:
     """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...).
 
     With ckpt_path=, the run resumes from its checkpoint with the settings the checkpoint records;
     with init_from=, a new run starts from a trained model's weights (a gptlab run or GPT-2). overrides
-    (the command line) say which settings this call changes.
+    (the command line) say which settings this call changes. started: the monotonic time the job began,
+    which trainer.max_time counts from (None: now).
     """
+    started = time.monotonic() if started is None else started
     ckpt_path, stored = None, None
     if not cfg.ckpt_path and not cfg.init_from and requeued_run(Path(cfg.paths.output_dir)):
         cfg.ckpt_path = str(cfg.paths.output_dir)  # a SLURM job requeued after pre-emption continues its run
@@ -259,19 +273,27 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, f
         ckpt_path = checkpoint.resolve_checkpoint(cfg.ckpt_path, prefer=("last.ckpt",))
         stored = checkpoint.read_record(checkpoint.read(ckpt_path), ckpt_path)
         cfg = resumed(cfg, stored["config"], overrides)
+        keep_log(cfg)
     out_dir = Path(cfg.paths.output_dir)
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.exists() and (ckpt_path is None or last.resolve() != ckpt_path.resolve()):
         raise GptlabError(f"{out_dir} already holds a run's checkpoints: use a new run dir (or resume with ckpt_path=)")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    trainer, module, datamodule = build(cfg, starting_point(cfg, overrides, stored))
+    trainer, module, datamodule = build(cfg, starting_point(cfg, overrides, stored), started)
     if isinstance(trainer.accelerator, CUDAAccelerator):  # only there: torch would apply it to CPUs too
         torch.set_float32_matmul_precision(cfg.matmul_precision)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with warnings.catch_warnings(), stops_on_signals():
+            if ckpt_path is not None:  # resuming in its own folder: its checkpoints are expected there
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except Interrupted as stop:  # a signal: the step was saved; say how to go on, exit 128 + the signal
-        if trainer.is_global_zero:
-            print(stop.report(cfg.paths.output_dir, cli.COMMAND), flush=True)
+        if stop.checkpoint is None and ckpt_path is None and trainer.global_step == 0:  # before training began
+            removed = trainer.is_global_zero and cli.remove_if_unused(cfg)
+            print(f"\ninterrupted by {signal.Signals(stop.signum).name} before training began: nothing saved"
+                  + (", its run folder removed" if removed else ""), file=sys.stderr, flush=True)
+        elif trainer.is_global_zero:
+            print(stop.report(cfg.paths.output_dir, cli.COMMAND, budget_left(trainer)), flush=True)
         raise SystemExit(stop.exit_code) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -283,6 +305,24 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, f
     return metrics
 
 
+def keep_log(cfg: DictConfig) -> None:
+    """A run resumed in its own folder goes on writing its TensorBoard log where it was (the overrides that name
+    a new log, trainer.max_time=... say, would start another): the one log folder there, if there is one."""
+    logger = cfg.get("logger")
+    if not logger or "save_dir" not in logger:
+        return
+    base = Path(logger.save_dir) / str(logger.get("name") or "")
+    logs = [d for d in base.iterdir() if d.is_dir()] if base.is_dir() else []
+    if len(logs) == 1:
+        logger.version = logs[0].name
+
+
+def budget_left(trainer: L.Trainer) -> Optional[float]:
+    """Seconds of trainer.max_time this job had left; None without a time budget."""
+    budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)  # type: ignore[attr-defined]
+    return budget.left() if budget is not None else None
+
+
 def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: dict[str, float]) -> None:
     ckpt_cb = trainer.checkpoint_callback
     if trainer.fast_dev_run:
@@ -290,13 +330,17 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
     else:
         best = getattr(ckpt_cb, "best_model_path", "") or "(none: no validation ran)"
     conversations = getattr(trainer.datamodule, "val_conversations", None)  # type: ignore[attr-defined]
-    if cfg.sample_tokens > 0 and conversations:  # a chat run: its answers to a few val questions
+    left = budget_left(trainer)
+    if cfg.sample_tokens > 0 and left is not None and left <= 0:
+        print("\n(no sample: trainer.max_time is spent)")
+    elif cfg.sample_tokens > 0 and conversations:  # a chat run: its answers to a few val questions
         print("\n--- greedy answers to val conversations ---")
         greedy = dataclasses.replace(GREEDY, max_new_tokens=cfg.sample_tokens)
         for conv in conversations[:3]:
             k = next(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
             answer, _ = reply(module.model, module.tokenizer, conv.messages[:k], greedy)  # type: ignore[arg-type]
-            print(f"{conv.messages[k - 1]['content']!r} -> {answer!r} (expected {conv.messages[k]['content']!r})")
+            print(f"{shown(conv.messages[k - 1]['content'])} -> {shown(answer)} "
+                  f"(expected {shown(conv.messages[k]['content'])})")
         print("---")
     elif cfg.sample_tokens > 0:
         sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens)
@@ -304,22 +348,42 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
         print(f"\n--- sample (temperature {sampling.temperature}) ---\n{text.strip()}\n---")
     loss = metrics.get("val/loss", math.nan)
     print(f"\nstep {trainer.global_step}: val/loss {loss:.4f}  val/bpc {metrics.get('val/bpc', math.nan):.4f}")
-    print(f"run dir:         {cfg.paths.output_dir}")
+    if trainer.fast_dev_run and cli.remove_if_unused(cfg):  # a smoke test: nothing in its folder to keep
+        print("run dir:         (none: debug=fast keeps nothing, its folder was removed)")
+    else:
+        print(f"run dir:         {cfg.paths.output_dir}")
     print(f"best checkpoint: {best}")
     log_dir = getattr(trainer.logger, "log_dir", None)
     if log_dir and not trainer.fast_dev_run:
-        print(f"tensorboard:     tensorboard --logdir {log_dir}")
+        print(f"tensorboard:     tensorboard --logdir {shlex.quote(str(log_dir))}")
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A message as a quoted one-liner, cut to `limit` characters (an untrained model's answer can be hundreds
+    of spaces or newlines)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def lightning_settings(spec: TrainerConfig) -> tuple[dict, str]:
+    """lightning.Trainer's arguments for a trainer spec, and why its precision is what it is: precision=auto is
+    decided for the device it trains on; max_time is left to the TimeBudget callback."""
+    precision, why = str(spec.precision), ""
+    if precision == "auto":
+        precision, why = auto_precision(lightning_device(spec.accelerator))
+    return {**dataclasses.asdict(spec), "precision": precision, "max_time": None}, why
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict:
-    return dataclasses.asdict(to_spec(TrainerConfig, cfg.trainer, "trainer"))
+    return lightning_settings(to_spec(TrainerConfig, cfg.trainer, "trainer"))[0]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="train")
 @cli.reports_errors
 @sweep.records_result(lambda cfg: sweep.relaunches_command(trainer_kwargs(cfg)))
 def _main(cfg: DictConfig) -> dict[str, float]:
-    return train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    # trainer.max_time counts the whole job: from the process's start for the first, from here for a sweep's next
+    started = gptlab.STARTED if HydraConfig.get().job.get("num", 0) in (0, None) else time.monotonic()
+    return train(cfg, overrides=list(HydraConfig.get().overrides.task), started=started)
 
 
 def resume_in_place(argv: list[str]) -> list[str]:

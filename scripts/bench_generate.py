@@ -8,8 +8,9 @@ runs on a model of the same shape, device and dtype in the same process.
     python scripts/bench_generate.py [--new-tokens 256] [--repeats 4] [--device cuda] [--dtype float32] [--compile]
                                      [--threads 1]
 
---dtype (both sides): auto, the default, is bfloat16 where the device multiplies it in hardware (CUDA from
-Ampere on, CPUs with AVX512-BF16 or AMX: `gptlab generate dtype=bfloat16` is the fast setting there), else float32.
+--dtype (both sides): auto, the default, is what `gptlab generate dtype=auto` picks: bfloat16 where a short probe
+finds bf16 matmuls faster than fp32 on the device (CUDA from Ampere on, CPUs whose bf16 units torch uses), else
+float32.
 
 --compile: gptlab compiles its one-token step (`decode_one`; CUDA graphs on a GPU) and transformers gets
 its static cache (`cache_implementation="static"`, which it compiles itself on CUDA).
@@ -26,7 +27,7 @@ import time
 import torch
 
 from gptlab.checkpoint import DTYPES
-from gptlab.devices import has_fast_bf16
+from gptlab.devices import inference_dtype
 from gptlab.model import GPT, GPTConfig, generate
 
 SHAPES = {  # name: (vocab, block, layers, heads, dim)
@@ -75,8 +76,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args.dtype == "auto":
-        args.dtype = "bfloat16" if has_fast_bf16(device) else "float32"
+    args.dtype = inference_dtype(args.dtype, device)
     dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {device} ({torch.get_num_threads()} CPU threads), {args.dtype}, "

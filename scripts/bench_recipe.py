@@ -6,8 +6,10 @@
 
 Each run is the real CLI in a fresh process (`python -m gptlab.train experiment=... seed=S`), timed from
 start to exit, so the time includes Python start-up, loading the cached token files, every validation
-and the final sample. The token files are built once before the first timed run.
-Last line: `recipe val/loss median: X.XXX in Y s median`.
+and the final sample. The token files are built once before the first timed run. Each run's wall time is
+checked against its trainer.max_time (as the start block states it): a run keeps its budget when it ends
+within 10% + 15 s of it. It also prints the precision the run chose (trainer.precision=auto says why).
+Last line: `recipe val/loss median: X.XXX in Y s median (budget Z s: kept by N of N runs)`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 import time
 
 
-def run(experiment: str, seed: int, extra: list[str], out_dir: str) -> tuple[float, float]:
+def run(experiment: str, seed: int, extra: list[str], out_dir: str) -> tuple[float, float, float | None]:
     cmd = [sys.executable, "-m", "gptlab.train", f"experiment={experiment}", f"seed={seed}",
            f"hydra.run.dir={out_dir}/seed{seed}", *extra]
     t = time.perf_counter()
@@ -33,8 +35,24 @@ def run(experiment: str, seed: int, extra: list[str], out_dir: str) -> tuple[flo
     m = re.search(r"^step (\d+): val/loss ([0-9.]+)", proc.stdout, re.M)
     if not m:
         sys.exit(f"no final val/loss in the output of {' '.join(cmd)}")
-    print(f"seed {seed}: {int(m.group(1)):5d} steps  val/loss {float(m.group(2)):.4f}  wall {wall:6.1f} s", flush=True)
-    return float(m.group(2)), wall
+    budget = re.search(r"^time +(\d+):(\d+):(\d+):(\d+)", proc.stdout, re.M)
+    budget_s = None
+    if budget:
+        d, h, mi, s = (int(x) for x in budget.groups())
+        budget_s = float(((d * 24 + h) * 60 + mi) * 60 + s)
+    precision = re.search(r"precision (\S+)(?: \(auto: (.*)\))?$", proc.stdout, re.M)
+    kept = "" if budget_s is None else f" (budget {budget_s:.0f} s: {'kept' if wall <= limit(budget_s) else 'OVER'})"
+    chosen = f"  {precision.group(1)}" + (f" ({precision.group(2)})" if precision and precision.group(2) else "") \
+        if precision else ""
+    print(f"seed {seed}: {int(m.group(1)):5d} steps  val/loss {float(m.group(2)):.4f}  wall {wall:6.1f} s{kept}"
+          f"{chosen}", flush=True)
+    return float(m.group(2)), wall, budget_s
+
+
+def limit(budget_s: float) -> float:
+    """The wall time a run with this trainer.max_time may take: 10% + 15 s over (start-up and exit are the
+    process's, not the run's)."""
+    return budget_s * 1.1 + 15
 
 
 def main() -> None:
@@ -49,8 +67,10 @@ def main() -> None:
                         "trainer.max_time=null", "sample_tokens=0", f"hydra.run.dir={out}/prepare", *args.extra],
                        check=True, capture_output=True, env={**os.environ})
         results = [run(args.experiment, s, args.extra, out) for s in args.seeds]
-    losses, walls = zip(*results)
-    print(f"recipe val/loss median: {statistics.median(losses):.3f} in {statistics.median(walls):.0f} s median")
+    losses, walls, budgets = zip(*results)
+    kept = sum(b is not None and w <= limit(b) for w, b in zip(walls, budgets))
+    budget = f" (budget {budgets[0]:.0f} s: kept by {kept} of {len(walls)} runs)" if budgets[0] is not None else ""
+    print(f"recipe val/loss median: {statistics.median(losses):.3f} in {statistics.median(walls):.0f} s median{budget}")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def make_cfg(out_dir: Path, cache_dir: Path, overrides: list[str] = (), config_n
     base = [
         "model=nano",
         "trainer=cpu",
+        "trainer.precision=32-true",  # auto would pick by the machine: every test runs alike everywhere
         "trainer.max_steps=20",
         "trainer.val_check_interval=10",
         "trainer.limit_val_batches=2",

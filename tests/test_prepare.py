@@ -292,6 +292,10 @@ def test_parquet_files_are_read_by_row_groups(tmp_path):
     assert documents_of(files, "train") == [d for k, d in enumerate(everything) if k not in val]
     with pytest.raises(DataError, match=r"t.parquet has no 'text' column \(it has: content, n\)"):
         prepare(tmp_path / "d", tmp_path / "cache")
+    data = (tmp_path / "d" / "t.parquet").read_bytes()
+    (tmp_path / "d" / "t.parquet").write_bytes(data[: len(data) // 2])  # a damaged copy: one line naming it
+    with pytest.raises(DataError, match=r"t.parquet is not a readable .parquet file \(.*\): replace it"):
+        prepare(Corpus.from_path(tmp_path / "d", text_field="content"), tmp_path / "cache2")
 
 
 def test_parquet_without_pyarrow_is_one_line(tmp_path, monkeypatch):

@@ -127,6 +127,10 @@ def test_export_loads_in_transformers_without_warnings_and_computes_the_same(cha
     assert r.returncode == 0, r.stderr[-2000:]
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= \
         {p.name for p in out.iterdir()}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as any folder and file the user makes
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
     model, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)

@@ -21,7 +21,9 @@ import torch
 
 from gptlab import checkpoint
 from gptlab.errors import GptlabError
-from gptlab.lit.safety import AtomicCheckpointIO, seconds
+from gptlab.lit.safety import AtomicCheckpointIO
+from gptlab.lit.trainer import parse_duration
+from gptlab.train import build
 
 from conftest import REPO
 
@@ -294,10 +296,10 @@ def test_checkpoint_io_writes_whole_files_or_none(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("text", ["10", "00:00:00:00", "1:2:3", "aa:00:00:01"])
-def test_checkpoint_every_must_be_a_duration(text):
+def test_checkpoint_every_must_be_a_duration(text, cfg_factory):
     with pytest.raises(GptlabError, match=f"checkpoint_every={text} is not a duration DD:HH:MM:SS"):
-        seconds(text)
-    assert seconds("00:01:00:05") == 3605
+        build(cfg_factory(f"checkpoint_every='{text}'"))
+    assert parse_duration("00:01:00:05", "checkpoint_every") == 3605
 
 
 def test_the_slurm_signal_requeues_the_job_where_lightning_runs_under_slurm(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ the tokenizer settings and the split; nothing of the corpus is held in memory, h
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 from dataclasses import dataclass
@@ -96,9 +97,14 @@ def prepare_tokens(
         corpus = Corpus.from_text(corpus)
     given = tokenizer if isinstance(tokenizer, Tokenizer) else None
     settings = given.to_dict() if given is not None else _full_settings(tokenizer)  # type: ignore[arg-type]
-    d = Path(cache_dir) / f"{name}-{cache_key(corpus.fingerprint(), settings, val_fraction)}"
+    fingerprint = corpus.fingerprint()
+    d = Path(cache_dir) / f"{name}-{cache_key(fingerprint, settings, val_fraction)}"
     if (d / "meta.json").is_file():
         return d
+    if given is not None:  # a resumed run's tokenizer: the entry its first start trained it in has these tokens
+        same = _entry_with(Path(cache_dir), name, fingerprint, settings, val_fraction)
+        if same is not None:
+            return same
     plan = _plan(corpus, val_fraction, d)
     tok = given or _tokenizer(corpus, plan, settings, d)
     job = Job(corpus, plan, tok, d, _dtype(tok))
@@ -114,6 +120,7 @@ def prepare_tokens(
         "dtype": job.dtype,
         "tokenizer": job.tokenizer.to_dict(),
         "val_fraction": val_fraction,
+        "fingerprint": fingerprint,
         "split_by": plan.split_by,
         "documents": plan.documents,
     }
@@ -127,6 +134,19 @@ def prepare_tokens(
         }
     atomic_write(d / "meta.json", lambda f: f.write(json.dumps(meta, indent=1)), mode="w")
     return d
+
+
+def _entry_with(cache_dir: Path, name: str, fingerprint: str, tokenizer: dict, val_fraction: float) -> Optional[Path]:
+    """A finished entry of this corpus whose (trained) tokenizer is exactly `tokenizer`, if there is one."""
+    for meta_file in sorted(cache_dir.glob(f"{glob.escape(name)}-*/meta.json")):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if (meta.get("fingerprint"), meta.get("val_fraction"), meta.get("tokenizer")) == \
+                (fingerprint, val_fraction, tokenizer):
+            return meta_file.parent
+    return None
 
 
 def _full_settings(tokenizer: dict) -> dict:

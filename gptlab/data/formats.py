@@ -105,14 +105,34 @@ def _read_jsonl(inp: Input, seg: Segment, text_field: str) -> Iterator[Document]
 
 
 def _read_parquet(inp: Input, seg: Segment, text_field: str) -> Iterator[Document]:
-    pq = import_pyarrow()
-    f = pq.ParquetFile(inp.path)
+    f = _open_parquet(inp.path)
     doc = seg.first_doc
-    for batch in f.iter_batches(batch_size=4096, row_groups=range(seg.start, seg.stop), columns=[text_field]):
+    batches = f.iter_batches(batch_size=4096, row_groups=range(seg.start, seg.stop), columns=[text_field])
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+            raise _damaged(inp.path, e) from None
         for text in batch.column(0).to_pylist():
             yield doc, _checked(text, f"{inp.path}, row {doc - seg.first_doc} of row groups {seg.start}-"
                                       f"{seg.stop - 1}", text_field), True
             doc += 1
+
+
+def _open_parquet(path: Path):
+    """A pyarrow ParquetFile; a damaged or truncated file is one line naming it, not pyarrow's traceback."""
+    pq = import_pyarrow()
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, ValueError) as e:
+        raise _damaged(path, e) from None
+
+
+def _damaged(path: Path, e: Exception) -> DataError:
+    reason = " ".join(str(e).split())[:200]
+    return DataError(f"{path} is not a readable .parquet file ({reason}): replace it, or move it out of the corpus")
 
 
 def _checked(text: object, where: str, text_field: str) -> str:
@@ -198,8 +218,7 @@ def _jsonl_segments(inp: Input, i: int, first_doc: int, unit: int) -> tuple[list
 
 def _parquet_segments(corpus: Corpus, inp: Input, i: int, first_doc: int, unit: int) -> tuple[list[Segment], int]:
     """Whole row groups, several small ones together; row counts come from the file's metadata."""
-    pq = import_pyarrow()
-    f = pq.ParquetFile(inp.path)
+    f = _open_parquet(inp.path)
     names = f.schema_arrow.names
     if corpus.text_field not in names:
         raise DataError(f"{inp.path} has no {corpus.text_field!r} column (it has: {', '.join(names)}): "

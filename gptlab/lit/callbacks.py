@@ -4,6 +4,7 @@ schedule, throughput, the HPARAMS view, and a progress bar for log files."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any, Optional, Union
 
@@ -14,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.devices import peak_flops
+from gptlab.lit.trainer import parse_duration
 from gptlab.model import SamplingConfig, complete
 from gptlab.viz import attention_maps, layer_images, token_labels
 
@@ -97,36 +99,97 @@ class FinalValidation(Callback):
             trainer.should_stop = True
 
 
-class TimeBudgetSchedule(Callback):
-    """With a time budget and no step budget (`trainer.max_steps=-1 trainer.max_time=...`), re-aim the
-    cosine after every step at the step where time will run out, so the lr still anneals to its floor:
-    total = now + remaining time x measured steps per second (validation included)."""
+class TimeBudget(Callback):
+    """`trainer.max_time` as a promise about the wall clock: the job (start-up and compiling included, counted
+    from `started`) ends, final validation and sample included, within the budget.
 
-    def __init__(self, max_time: Optional[str]) -> None:
-        self.budget_s = _seconds(max_time) if max_time else None
-        self._start: Optional[tuple[float, int]] = None  # (clock, step) where step timing began
+    After every step it predicts what is left to do once training stops: one more step, the final validation
+    (timed when a validation has run, else estimated from the training pace) and the end-of-run sample, and
+    stops training when that would no longer fit. With no step budget (`trainer.max_steps=-1`) it also re-aims
+    the cosine at the step where training will stop, so the lr still anneals to its floor. Each start of a run
+    (a resume too) has its own budget. Under DDP the ranks agree on the step to stop at."""
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t0, self._start = time.monotonic(), None
+    # forward-only work per token, as a fraction of a training step's (forward + backward + update, ~3x):
+    # taken high, so that a first estimate errs on the side of stopping early
+    FORWARD_SHARE = 0.5
+
+    def __init__(self, max_time: Optional[str], started: Optional[float] = None, end_tokens: int = 0) -> None:
+        self.budget_s = parse_duration(max_time, "trainer.max_time") if max_time else None
+        self.started = time.monotonic() if started is None else started
+        self.end_tokens = end_tokens  # tokens the end of the run generates (samples)
+        self.stopped = False  # training was stopped by this budget
+        self._step_s: Optional[float] = None  # seconds per training step, a moving average
+        self._last: Optional[tuple[float, int]] = None  # (clock, step) at the end of the last step timed
+        self._val_s: Optional[float] = None  # seconds of the last whole validation
+        self._val_start = 0.0
+        self._val_tokens: Optional[int] = None
+        self._save_s: Optional[float] = None
+
+    @property
+    def deadline(self) -> Optional[float]:
+        """The monotonic time by which the job must have ended; None without a budget."""
+        return None if self.budget_s is None else self.started + self.budget_s
+
+    def left(self) -> Optional[float]:
+        """Seconds of the budget left; None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _final_work_s(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_tokens: int) -> float:
+        """What follows the last step: one validation and the samples, each as last timed or estimated."""
+        step_s = self._step_s or 0.0
+        val_s = self._val_s
+        if val_s is None:  # no validation yet: its tokens at the training pace, forward only
+            if self._val_tokens is None:
+                self._val_tokens = _val_tokens(trainer, pl_module)
+            val_s = self._val_tokens * step_s / max(batch_tokens, 1) * self.FORWARD_SHARE
+        # a token generated alone costs ~20x its share of a training step, and a millisecond at least on a CPU
+        decode_s = max(20 * step_s / max(batch_tokens, 1), 1e-3 if pl_module.device.type == "cpu" else 0.0)
+        if self._save_s is None:  # best.ckpt and last.ckpt: weights and AdamW's two moments in fp32, at 200 MB/s
+            self._save_s = 2 * 12 * sum(p.numel() for p in pl_module.parameters()) / 200e6
+        return val_s + self.end_tokens * decode_s + self._save_s
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        schedule = getattr(pl_module, "schedule", None)
-        if self.budget_s is None or trainer.max_steps > 0 or schedule is None:
+        if self.budget_s is None:
             return
         now, step = time.monotonic(), trainer.global_step
-        if self._start is None or step <= self._start[1]:
-            self._start = (now, step)  # start timing after the first step (it pays one-off costs)
+        if self._last is not None and step > self._last[1]:
+            took = (now - self._last[0]) / (step - self._last[1])
+            self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
+        self._last = (now, step)  # the first step (allocation, compiling) is not timed
+        if self._step_s is None:
             return
-        t0, s0 = self._start
-        remaining = max(0.0, self.budget_s - (now - self._t0))
-        rate = (step - s0) / max(now - t0, 1e-9)
-        schedule.total_steps = max(step + 1, int(step + remaining * rate))
+        tokens = batch[0].numel()
+        free = self.deadline - now - self._final_work_s(trainer, pl_module, tokens)  # type: ignore[operator]
+        schedule = getattr(pl_module, "schedule", None)
+        if trainer.max_steps <= 0 and schedule is not None:
+            every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else None
+            val_share = (self._val_s or 0.0) / every if every else 0.0  # validations on the way, per step
+            schedule.total_steps = max(step + 1, int(step + free / (self._step_s + val_share)))
+        stop = trainer.strategy.reduce_boolean_decision(free < self._step_s, all=False)
+        if stop and not trainer.should_stop:
+            self.stopped = trainer.should_stop = True
+            if schedule is not None and trainer.max_steps <= 0:
+                schedule.total_steps = step  # what is left of the lr's way down is not walked
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_start = time.monotonic()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._val_s = time.monotonic() - self._val_start
+        self._last = None  # validation time is not a step's
 
 
-def _seconds(max_time: str) -> float:
-    """"DD:HH:MM:SS" -> seconds, as Lightning reads trainer.max_time."""
-    d, h, m, s = (int(x) for x in max_time.split(":"))
-    return ((d * 24 + h) * 60 + m) * 60 + s
+def _val_tokens(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+    """The tokens one validation reads: its batches (limit_val_batches of the val loader) x batch x context."""
+    dm = getattr(trainer, "datamodule", None)
+    if dm is None:
+        return 0
+    loader = dm.val_dataloader()
+    n = len(loader)
+    limit = trainer.limit_val_batches
+    n = min(n, int(limit)) if isinstance(limit, int) else int(n * (limit if limit is not None else 1.0))
+    return n * (loader.batch_size or 1) * pl_module.config.block_size
 
 
 class Throughput(Callback):
@@ -166,8 +229,10 @@ class RunSummary(Callback):
     """Says what is being trained in a few lines, once the model exists (it is built in setup, from the
     data's tokenizer). The full config is in the run dir's .hydra/config.yaml."""
 
-    def __init__(self, max_time: Optional[str] = None) -> None:
-        self.max_time = max_time
+    def __init__(self, max_time: Optional[str] = None, precision_why: str = "", compiled: bool = False,
+                 compile_why: str = "") -> None:
+        self.max_time, self.precision_why = max_time, precision_why
+        self.compiled, self.compile_why = compiled, compile_why
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -180,11 +245,17 @@ class RunSummary(Callback):
         device = trainer.strategy.root_device
         threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
         ranks = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
-        lines.append(f"device   {device}{threads}{ranks}, precision {trainer.precision}")
-        if trainer.max_steps > 0:
+        why = f" ({self.precision_why})" if self.precision_why else ""
+        compiled = ", compiled" if self.compiled else ""
+        compile_why = f" (compile={'true' if self.compiled else 'false'}, {self.compile_why})" if self.compile_why else ""
+        lines.append(f"device   {device}{threads}{ranks}, precision {trainer.precision}{why}{compiled}{compile_why}")
+        if trainer.max_steps > 0 and self.max_time:
+            lines.append(f"steps    {trainer.max_steps:,}, within {self.max_time} (DD:HH:MM:SS) for the whole run")
+        elif trainer.max_steps > 0:
             lines.append(f"steps    {trainer.max_steps:,}; the time it takes is estimated after the first steps")
         else:
-            lines.append(f"time     {self.max_time} (DD:HH:MM:SS), then a last validation")
+            lines.append(f"time     {self.max_time} (DD:HH:MM:SS) for the whole run: training stops in time for a "
+                         "last validation and the sample")
         lines.append(f"run dir  {trainer.default_root_dir}")
         print("\n".join(lines), flush=True)
 
@@ -199,9 +270,9 @@ def _duration(seconds: float) -> str:
 class _Pace:
     """Steps and tokens per second of training (validation excluded), and the time left."""
 
-    def __init__(self, budget_s: Optional[float] = None) -> None:
-        self.budget_s = budget_s
-        self.begun = self.start = self.mark = time.perf_counter()
+    def __init__(self, budget: Optional[TimeBudget] = None) -> None:
+        self.budget = budget
+        self.start = self.mark = time.perf_counter()
         self.first_step: Optional[int] = None  # the pace is timed from the end of the first step on
         self.steps_at_mark, self.tokens = 0, 0
 
@@ -220,11 +291,13 @@ class _Pace:
         return out
 
     def eta(self, trainer: L.Trainer, step: int) -> Optional[float]:
-        """Seconds left: the steps left at the pace so far (validation included), or the time budget left."""
-        now = time.perf_counter()
+        """Seconds left: the time budget left, or the steps left at the pace so far (validation included)."""
+        left = self.budget.left() if self.budget is not None else None
+        if left is not None:
+            return max(0.0, left)
         if trainer.max_steps > 0 and self.first_step is not None and step > self.first_step:
-            return (trainer.max_steps - step) * (now - self.start) / (step - self.first_step)
-        return None if self.budget_s is None else max(0.0, self.budget_s - (now - self.begun))
+            return (trainer.max_steps - step) * (time.perf_counter() - self.start) / (step - self.first_step)
+        return None
 
     def skip(self, step: int) -> None:
         """Validation time is not training time."""
@@ -253,16 +326,24 @@ class HparamsSummary(Callback):
 
 
 class LineProgressBar(ProgressBar):
-    """Progress as plain lines, one every `every_n_steps`: readable in a log file, unlike a redrawn bar.
-    Each line has the step out of the total, the training loss, tokens/s and the time left."""
+    """Progress as plain lines, for a log file (a redrawn bar is unreadable there): a line at least every
+    `every_s` seconds (and every `every_n_steps` steps, if set) with the step out of the total, the training
+    loss, tokens/s and the time left; validation batches likewise. A watcher thread fills the silences no hook
+    can (start-up, compiling, a long step): after every_s seconds without a line it says what is under way."""
 
-    def __init__(self, every_n_steps: int, max_time: Optional[str] = None) -> None:
+    def __init__(self, every_s: float = 10.0, every_n_steps: Optional[int] = None) -> None:
         super().__init__()
-        self.every_n_steps = every_n_steps
-        self.budget_s = _seconds(max_time) if max_time else None
+        if every_s <= 0:
+            raise ValueError(f"callbacks.progress_bar.every_s must be > 0, got {every_s}")
+        self.every_s, self.every_n_steps = every_s, every_n_steps
         self._enabled = True
-        self._pace = _Pace(self.budget_s)
+        self._pace = _Pace()
         self._estimated = False
+        self._last_line = time.monotonic()
+        self._phase = "starting"
+        self._phase_since = time.monotonic()
+        self._done = threading.Event()
+        self._watcher: Optional[threading.Thread] = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -274,8 +355,35 @@ class LineProgressBar(ProgressBar):
     def is_enabled(self) -> bool:
         return self._enabled and self.trainer.is_global_zero
 
+    def _print(self, line: str) -> None:
+        self._last_line = time.monotonic()
+        print(line, flush=True)
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase, self._phase_since = phase, time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.every_s / 4)):
+            now = time.monotonic()  # only a phase that has lasted: a step's own line comes from its hook
+            if now - self._last_line >= self.every_s and now - self._phase_since >= self.every_s:
+                self._print(f"... {self._phase} ({_duration(now - self._phase_since)})")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self._watcher is None:
+            self._done.clear()
+            self._watcher = threading.Thread(target=self._watch, name="gptlab-progress", daemon=True)
+            self._watcher.start()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._done.set()
+        self._watcher = None
+
     def on_train_start(self, trainer, pl_module) -> None:
-        self._pace = _Pace(self.budget_s)
+        budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)  # type: ignore[attr-defined]
+        self._pace = _Pace(budget if budget is not None and budget.budget_s is not None else None)
+        compiling = getattr(pl_module, "compile", False)
+        self._set_phase("compiling the model and taking the first step" if compiling else "taking the first step")
 
     def _metrics(self, trainer, pl_module, prefix: str) -> str:
         m = self.get_metrics(trainer, pl_module)
@@ -286,25 +394,41 @@ class LineProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         self._pace.update(batch[0].numel() * trainer.world_size, step)
+        self._set_phase(f"step {step + 1:,} under way")
         if not self.is_enabled or step == 0:
             return
-        if not self._estimated and step >= min(20, self.every_n_steps) and trainer.max_steps > 0:
+        if not self._estimated and step >= 20 and trainer.max_steps > 0 and self._pace.budget is None:
             self._estimated = True  # the first steps pay one-off costs; by now the pace is fair
             eta = self._pace.eta(trainer, step)
-            print(f"estimated: {_duration(eta or 0)} more for {trainer.max_steps - step:,} steps "
-                  f"(validation included)", flush=True)
-        if step % self.every_n_steps == 0:
+            self._print(f"estimated: {_duration(eta or 0)} more for {trainer.max_steps - step:,} steps "
+                        f"(validation included)")
+        by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
+        if by_steps or time.monotonic() - self._last_line >= self.every_s:
             tokens_s, _ = self._pace.rate(step)
             total = f"/{trainer.max_steps:,}" if trainer.max_steps > 0 else ""
             eta = self._pace.eta(trainer, step)
             left = f"  ETA {_duration(eta)}" if eta is not None else ""
-            print(f"step {step:,}{total}  {self._metrics(trainer, pl_module, 'train')}  {tokens_s:,.0f} tok/s"
-                  f"{left}", flush=True)
+            self._print(f"step {step:,}{total}  {self._metrics(trainer, pl_module, 'train')}  {tokens_s:,.0f} tok/s"
+                        f"{left}")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._set_phase("validating")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        total = sum(trainer.num_val_batches) if not trainer.sanity_checking else None
+        of = f"/{total:,}" if isinstance(total, int) else ""
+        self._set_phase(f"validating: batch {batch_idx + 1:,}{of} done")
+        if self.is_enabled and time.monotonic() - self._last_line >= self.every_s:
+            self._print(f"validation  batch {batch_idx + 1:,}{of}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self._pace.skip(trainer.global_step)
+        self._set_phase(f"step {trainer.global_step + 1:,} under way")
         if self.is_enabled and not trainer.sanity_checking:
-            print(f"step {trainer.global_step:,} validation  {self._metrics(trainer, pl_module, 'val')}", flush=True)
+            self._print(f"step {trainer.global_step:,} validation  {self._metrics(trainer, pl_module, 'val')}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._set_phase("saving and writing the end of the run")
 
 
 class StepsBar(TQDMProgressBar):
@@ -329,10 +453,10 @@ class StepsBar(TQDMProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
-def progress_bar(mode: str, every_n_steps: int, max_time: Optional[str] = None) -> ProgressBar:
+def progress_bar(mode: str, every_s: float, every_n_steps: Optional[int]) -> ProgressBar:
     """`tqdm`: a redrawn bar; `lines`: LineProgressBar; `auto`: the bar on a terminal, lines otherwise."""
     if mode not in ("auto", "tqdm", "lines"):
         raise ValueError(f"callbacks.progress_bar.mode={mode!r} is not one of: auto, tqdm, lines")
     if mode == "tqdm" or (mode == "auto" and sys.stdout.isatty()):
         return StepsBar(refresh_rate=10)  # each redraw reads the loss: a host-device sync on a GPU
-    return LineProgressBar(every_n_steps, max_time)
+    return LineProgressBar(every_s, every_n_steps)

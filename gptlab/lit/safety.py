@@ -22,6 +22,7 @@ whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -29,7 +30,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import lightning as L
 import torch
@@ -40,6 +41,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptlab.errors import GptlabError
 from gptlab.files import atomic_write
+from gptlab.lit.trainer import format_duration, parse_duration
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 INTERRUPT, SAVE, NONFINITE = range(3)  # the per-step flags the ranks agree on
@@ -75,33 +77,43 @@ class Interrupted(BaseException):
     def exit_code(self) -> int:
         return 128 + self.signum
 
-    def report(self, run_dir: str, command: str) -> str:
-        """What the person at the terminal needs: where the work is and the command that continues it."""
+    def report(self, run_dir: str, command: str, time_left: Optional[float] = None) -> str:
+        """What the person at the terminal needs: where the work is and the command that continues it (with
+        the time it had left, for a run with a time budget: each start of a run has a budget of its own)."""
         name = signal.Signals(self.signum).name
         if self.checkpoint is None:
             return f"\ninterrupted by {name} at step {self.step}: nothing saved (this run writes no last.ckpt)"
+        more = f" trainer.max_time={format_duration(time_left)}" if time_left is not None and time_left >= 1 else ""
         lines = [f"\ninterrupted by {name} at step {self.step}: saved {self.checkpoint}",
-                 f"resume with:  {command} ckpt_path={shlex.quote(str(run_dir))}"]
+                 f"resume with:  {command} ckpt_path={shlex.quote(str(run_dir))}{more}"]
+        if more:
+            lines.append("(the time this run had left: trainer.max_time counts each start of a run on its own)")
         if self.requeued:
             lines.append(f"SLURM job {self.requeued} requeued: it resumes from there when it starts again")
         return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def stops_on_signals() -> Iterator[None]:
+    """Inside: Ctrl-C and SIGTERM raise `Interrupted` (nothing saved) instead of KeyboardInterrupt, which Lightning
+    would turn into exit status 1 and a message of its own (preparing the data, say, before `Safeguards` is set)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted(signum, 0, None)
+
+    before = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 class NonFiniteLoss(GptlabError):
     """The training loss became NaN or Inf; nothing was saved after it. (A sweep records the job as `nan`.)"""
-
-
-def seconds(duration: str, key: str = "checkpoint_every") -> float:
-    """"DD:HH:MM:SS" -> seconds (the format of trainer.max_time); anything else is one line naming the key."""
-    parts = str(duration).split(":")
-    try:
-        d, h, m, s = (int(p) for p in parts)
-    except ValueError:
-        d = h = m = s = -1
-    total = ((d * 24 + h) * 60 + m) * 60 + s
-    if len(parts) != 4 or min(d, h, m, s) < 0 or total <= 0:
-        raise GptlabError(f"{key}={duration} is not a duration DD:HH:MM:SS above zero (e.g. 00:00:10:00), or null")
-    return float(total)
 
 
 def save_last(trainer: L.Trainer) -> Optional[Path]:
@@ -180,7 +192,7 @@ class Safeguards(Callback):
     docstring). checkpoint_every: DD:HH:MM:SS between last.ckpt saves besides validation's; None: only those."""
 
     def __init__(self, checkpoint_every: Optional[str] = None) -> None:
-        self.every_s = seconds(checkpoint_every) if checkpoint_every else None
+        self.every_s = parse_duration(checkpoint_every, "checkpoint_every") if checkpoint_every else None
         self.signum: Optional[int] = None  # the first stop signal this process received
         self._pid = os.getpid()
         self._rank_zero = True
@@ -198,10 +210,8 @@ class Safeguards(Callback):
     def _on_signal(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._pid:
             return  # a DataLoader worker forked from this process: the main process saves and stops the run
-        if not self._training:  # before training starts or after it ended: what the signal would do anyway
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
+        if not self._training:  # before training starts or after it ended: stop now, with nothing to save
+            raise Interrupted(signum, self._step_seen, None)
         if self.signum is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt  # Ctrl-C twice: stop at once, without saving

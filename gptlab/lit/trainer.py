@@ -1,16 +1,43 @@
 """The Trainer's typed settings: the `lightning.Trainer` arguments gptlab uses, with gptlab's defaults
-(`trainer=...`). Each field is passed to the Trainer under its own name."""
+(`trainer=...`). Each field is passed to the Trainer under its own name, except two that gptlab resolves
+first: `precision=auto` (a measured choice, `devices.auto_precision`) and `max_time` (kept on the wall
+clock by the `TimeBudget` callback, not by Lightning's Timer)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
+
+
+def parse_duration(text: str, key: str) -> float:
+    """"DD:HH:MM:SS" -> seconds (Lightning's format for trainer.max_time); anything else is a ValueError naming
+    the key and the format."""
+    parts = str(text).split(":")
+    try:
+        d, h, m, s = (int(p) for p in parts)
+    except ValueError:
+        d = h = m = s = -1
+    total = ((d * 24 + h) * 60 + m) * 60 + s
+    if len(parts) != 4 or min(d, h, m, s) < 0 or total <= 0:
+        raise ValueError(f"{key}={text} is not a duration DD:HH:MM:SS above zero (e.g. 00:00:02:00 for two minutes)")
+    return float(total)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> "DD:HH:MM:SS" (whole seconds, rounded up)."""
+    total = max(0, math.ceil(seconds))
+    m, s = divmod(total, 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    return f"{d:02d}:{h:02d}:{m:02d}:{s:02d}"
+
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine")
 
 
 @dataclass
@@ -21,9 +48,10 @@ class TrainerConfig:
     devices: Any = "auto"  # a count, a list of ids, or auto
     num_nodes: int = 1
     strategy: Any = "auto"  # ddp, fsdp, ...
-    precision: Any = "32-true"  # bf16-mixed: faster on recent CPUs and GPUs; 16-mixed: older GPUs
+    precision: Any = "auto"  # auto: bf16-mixed where a probe finds bf16 matmuls faster than fp32 here, else 32-true
+    # (bf16-mixed, 32-true, 16-mixed for GPUs before Ampere, bf16-true: bf16 weights too)
     max_steps: int = 5000  # -1: no step budget (then set max_time)
-    max_time: Optional[str] = None  # "DD:HH:MM:SS"; stops early, after a last validation
+    max_time: Optional[str] = None  # "DD:HH:MM:SS": the whole job, start-up, final validation and sample included
     max_epochs: int = -1  # training batches are an endless stream; steps (or time) end a run
     val_check_interval: Any = 250  # validate, sample text and checkpoint every N optimizer steps
     check_val_every_n_epoch: Optional[int] = None  # count val_check_interval across the whole run
@@ -45,6 +73,8 @@ class TrainerConfig:
             raise ValueError(f"trainer.precision={self.precision} is not one of {', '.join(PRECISIONS)}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"trainer.max_steps must be >= 1, or -1 with trainer.max_time, got {self.max_steps}")
+        if self.max_time is not None:
+            parse_duration(self.max_time, "trainer.max_time")
         if self.max_steps == -1 and self.max_time is None and not self.fast_dev_run:
             raise ValueError("trainer.max_steps=-1 runs for ever: set trainer.max_time=DD:HH:MM:SS or a step budget")
         for name in ("accumulate_grad_batches", "log_every_n_steps", "num_nodes"):

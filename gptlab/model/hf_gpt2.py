@@ -234,6 +234,11 @@ def save_hf_folder(
         safetensors.save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, content in files.items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():  # as readable as any file the user writes (safetensors writes them private)
+            f.chmod(0o666 & ~umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private
         if out.exists():
             out.rmdir()  # the empty folder the check above allowed
         tmp.rename(out)

@@ -151,8 +151,8 @@ def reports_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]
             fail(ex)
         except KeyboardInterrupt:  # Ctrl-C before training began (or twice): nothing to save, no empty folder
             removed = remove_if_unused(cfg)
-            print("\ninterrupted before anything was saved: stopped" + (", its run folder removed" if removed else ""),
-                  file=sys.stderr, flush=True)
+            print("\ninterrupted before the run began: nothing saved, its run folder removed" if removed else
+                  "\ninterrupted: stopped at once", file=sys.stderr, flush=True)
             sys.exit(130)
 
     return wrapper

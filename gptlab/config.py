@@ -68,8 +68,7 @@ class TrainConfig:
     ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
     init_from: Optional[str] = None  # a new run from trained weights: a run dir, gpt2...gpt2-xl, or a HF folder
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
-    # torch.compile the model: true, false, or auto: on a GPU; on a CPU where bf16 trains fast and the time budget
-    # is 5 minutes or more (see devices.auto_compile for what was measured)
+    # torch.compile the model: true, false, or auto: on a GPU, not on a CPU (devices.auto_compile: what was measured)
     compile: Any = False
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
     checkpoint_every: Optional[str] = "00:00:10:00"  # DD:HH:MM:SS between last.ckpt saves; null: only at validation

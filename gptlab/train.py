@@ -38,7 +38,7 @@ from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBudget
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, requeued_run, stops_on_signals
-from gptlab.lit.trainer import TrainerConfig, parse_duration
+from gptlab.lit.trainer import TrainerConfig
 from gptlab.model import GPT, GPTConfig, SamplingConfig, complete
 from gptlab.model.chat import GREEDY, reply
 from gptlab.pretrained import adapt
@@ -162,10 +162,7 @@ def build(cfg: DictConfig, start: Optional[Start] = None, started: Optional[floa
                           "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
     device = lightning_device(trainer_spec.accelerator)
     settings, why = lightning_settings(trainer_spec)
-    precision = settings["precision"]
-    budget_s = parse_duration(trainer_spec.max_time, "trainer.max_time") if trainer_spec.max_time else None
-    compiled, why_compile = (bool(cfg.compile), "") if cfg.compile != "auto" else \
-        auto_compile(device, precision, budget_s)
+    compiled, why_compile = (bool(cfg.compile), "") if cfg.compile != "auto" else auto_compile(device)
     if compiled and device.type == "cpu":
         check_cpu_compile()
     scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)

@@ -23,20 +23,21 @@ from gptlab.train import shown, train
 from conftest import REPO
 
 
-class SlowFirstStep(L.Callback):
-    """The first step takes `seconds` longer: a silence that no progress hook fills (as compiling is)."""
+class Slow(L.Callback):
+    """The first step takes `first` seconds longer (a silence no progress hook fills, as compiling is), every
+    other step `each` longer: whatever the machine, lines by the clock have steps between them."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, first: float, each: float) -> None:
+        self.first, self.each = first, each
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == 0:
-            time.sleep(self.seconds)
+        time.sleep(self.first if trainer.global_step == 0 else self.each)
 
 
 def test_progress_lines_come_by_the_clock_and_silences_are_filled(cfg_factory, capsys):
-    train(cfg_factory("callbacks.progress_bar.every_s=0.3", f"+callbacks.slow._target_={__name__}.SlowFirstStep",
-                      "+callbacks.slow.seconds=1.5", "trainer.max_steps=30", "trainer.val_check_interval=30"))
+    train(cfg_factory("callbacks.progress_bar.every_s=0.3", f"+callbacks.slow._target_={__name__}.Slow",
+                      "+callbacks.slow.first=1.5", "+callbacks.slow.each=0.05", "trainer.max_steps=30",
+                      "trainer.val_check_interval=30"))
     out = capsys.readouterr().out
     assert "... taking the first step" in out  # said during the silence, by the watcher
     assert any(line.startswith("step ") and "tok/s" in line for line in out.splitlines())  # by the clock, no step count

@@ -85,3 +85,12 @@ def test_a_cpu_without_bf16_units_is_found_slow(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "32-true"
+
+
+def test_compile_auto_compiles_on_a_gpu_only(tmp_path, cache_dir):
+    assert devices.auto_compile(torch.device("cuda"))[0] is True
+    assert devices.auto_compile(torch.device("cpu"))[0] is False
+    _, module, _ = build(make_cfg(tmp_path / "run", cache_dir, ["compile=auto"]))
+    assert module.compile is False
+    with pytest.raises(Exception, match="compile=maybe is not one of true, false, auto"):
+        build(make_cfg(tmp_path / "run", cache_dir, ["compile=maybe"]))

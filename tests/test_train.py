@@ -192,8 +192,11 @@ def test_time_budget_stops_with_a_validation_and_annealed_lr(cfg_factory, tmp_pa
     ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
     steps = ckpt["global_step"]
     assert steps == metrics["steps"] >= 2  # no step budget: only the clock stopped it
+    schedule = ckpt["lr_schedulers"][0]
+    assert schedule["lr_lambdas"][0]["total_steps"] == steps  # the cosine was aimed at the step where it stopped
     floor, peak = 1e-4, 1e-3  # min_lr_ratio x lr, lr
-    assert ckpt["lr_schedulers"][0]["_last_lr"][0] <= floor + 0.05 * (peak - floor)  # the cosine's end: its floor
+    if steps >= 20:  # enough steps timed for the aim to have been right on the way (a slow machine gets fewer)
+        assert schedule["_last_lr"][0] <= floor + 0.05 * (peak - floor)  # the lr came down to its floor
     (event_file,) = (tmp_path / "run/tensorboard").glob("events.*")
     ea = EventAccumulator(str(event_file))
     ea.Reload()

@@ -124,7 +124,7 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
         return ("bf16-mixed", "auto: the GPU has bf16 tensor cores") if speedup >= FAST_BF16_SPEEDUP else \
             ("32-true", "auto: the GPU has no bf16 tensor cores (16-mixed is the fast choice there)")
     verdict = "bf16-mixed" if speedup >= FAST_BF16_SPEEDUP else "32-true"
-    return verdict, f"auto: bf16 matmuls run {speedup:.1f}x as fast as fp32 on this CPU"
+    return verdict, f"auto: bf16 matmuls run {speedup:.2g}x as fast as fp32 on this CPU"
 
 
 # torch.compile on a CPU, measured on experiment=sft_tasks' model (2 layers x 128, batches of 64 conversations,

@@ -90,8 +90,8 @@ class AttentionMaps(Callback):
 class FinalValidation(Callback):
     """Make the last step validate (and so checkpoint), whatever val_check_interval is.
 
-    Lightning validates when a callback asks the loop to stop; this asks at max_steps. (The max_time
-    Timer stops the same way, so a timed run also ends with a validation.)
+    Lightning validates when a callback asks the loop to stop; this asks at max_steps. (TimeBudget stops
+    the same way, so a timed run also ends with a validation.)
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -117,7 +117,6 @@ class TimeBudget(Callback):
         self.budget_s = parse_duration(max_time, "trainer.max_time") if max_time else None
         self.started = time.monotonic() if started is None else started
         self.end_tokens = end_tokens  # tokens the end of the run generates (samples)
-        self.stopped = False  # training was stopped by this budget
         self._step_s: Optional[float] = None  # seconds per training step, a moving average
         self._last: Optional[tuple[float, int]] = None  # (clock, step) at the end of the last step timed
         self._val_s: Optional[float] = None  # seconds of the last whole validation
@@ -167,7 +166,7 @@ class TimeBudget(Callback):
             schedule.total_steps = max(step + 1, int(step + free / (self._step_s + val_share)))
         stop = trainer.strategy.reduce_boolean_decision(free < self._step_s, all=False)
         if stop and not trainer.should_stop:
-            self.stopped = trainer.should_stop = True
+            trainer.should_stop = True
             if schedule is not None and trainer.max_steps <= 0:
                 schedule.total_steps = step  # what is left of the lr's way down is not walked
 

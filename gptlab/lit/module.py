@@ -116,7 +116,7 @@ class GPTLitModule(L.LightningModule):
         optimizer = build_optimizer(self.optimizer_factory, param_groups(self.model), self.device, scaled)
         self.schedule = self.scheduler_factory()
         if self.schedule.total_steps is None and self.trainer.max_steps > 0:
-            self.schedule.total_steps = self.trainer.max_steps  # else a time budget aims it (TimeBudgetSchedule)
+            self.schedule.total_steps = self.trainer.max_steps  # else a time budget aims it (TimeBudget)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 

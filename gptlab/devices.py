@@ -117,14 +117,13 @@ def has_fast_bf16(device: torch.device) -> bool:
 
 def auto_precision(device: torch.device) -> tuple[str, str]:
     """trainer.precision=auto: (the precision, why), for the start block."""
-    speedup = bf16_speedup(device)
-    if device.type not in ("cuda", "cpu"):
-        return "32-true", f"auto: fp32 on {device.type}"
+    precision = "bf16-mixed" if has_fast_bf16(device) else "32-true"
+    if device.type == "cpu":
+        return precision, f"auto: bf16 matmuls run {bf16_speedup(device):.2g}x as fast as fp32 on this CPU"
     if device.type == "cuda":
-        return ("bf16-mixed", "auto: the GPU has bf16 tensor cores") if speedup >= FAST_BF16_SPEEDUP else \
-            ("32-true", "auto: the GPU has no bf16 tensor cores (16-mixed is the fast choice there)")
-    verdict = "bf16-mixed" if speedup >= FAST_BF16_SPEEDUP else "32-true"
-    return verdict, f"auto: bf16 matmuls run {speedup:.2g}x as fast as fp32 on this CPU"
+        return precision, "auto: " + ("the GPU has bf16 tensor cores" if precision == "bf16-mixed" else
+                                      "the GPU has no bf16 tensor cores (16-mixed is the fast choice there)")
+    return precision, f"auto: fp32 on {device.type}"
 
 
 # torch.compile on a CPU, measured on experiment=sft_tasks' model (2 layers x 128, batches of 64 conversations,

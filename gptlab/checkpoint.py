@@ -22,8 +22,10 @@ from typing import Any, Optional, Union
 
 import torch
 
+from gptlab import pretrained
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig
+from gptlab.rundir import find_checkpoint
 from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = 2
@@ -66,20 +68,6 @@ def read_record(ckpt: Any, path: Path) -> dict:
     raise GptlabError(f"{path} has an unknown checkpoint format {fmt!r}: it was not written by gptlab.train")
 
 
-def resolve_checkpoint(path: Union[str, Path], prefer: tuple[str, ...] = ("best.ckpt", "last.ckpt")) -> Path:
-    """A .ckpt file as is; a run dir -> its checkpoints/best.ckpt, else checkpoints/last.ckpt."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        return p
-    if p.is_dir():
-        for folder in (p / "checkpoints", p):
-            for name in prefer:
-                if (folder / name).is_file():
-                    return folder / name
-        raise GptlabError(f"no checkpoint in {p}: expected checkpoints/{' or checkpoints/'.join(prefer)} inside it")
-    raise GptlabError(f"checkpoint {p} does not exist: give a .ckpt file or a run dir under outputs/")
-
-
 def read(path: Path, map_location: Optional[Union[str, torch.device]] = "cpu") -> dict:
     """The checkpoint file's contents (tensors only: `weights_only`, so nothing in it runs as code)."""
     try:
@@ -107,14 +95,12 @@ def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype
     """Rebuild the model (weights loaded, on `device`, eval mode) and tokenizer from a checkpoint or run dir,
     or from pretrained GPT-2 (`gpt2`, ..., `gpt2-xl`, or a Hugging Face folder: see gptlab.pretrained).
     dtype: a key of DTYPES to cast the weights to, for inference (None: as stored, float32)."""
-    from gptlab import pretrained
-
     to = (device,) if dtype is None else (device, DTYPES[dtype])
     if pretrained.is_pretrained(path):
         model, tokenizer, folder = pretrained.load(path)
         rec = record(model.config, tokenizer, {"init_from": str(path)}, 1.0)
         return Loaded(model.to(*to).eval(), tokenizer, folder, 0, rec)
-    ckpt_path = resolve_checkpoint(path)
+    ckpt_path = find_checkpoint(path)
     ckpt = read(ckpt_path)
     rec = read_record(ckpt, ckpt_path)
     model = GPT(GPTConfig(**rec["model"]))

@@ -14,21 +14,25 @@ from __future__ import annotations
 import hashlib
 import re
 import typing
+from pathlib import Path
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gptlab.checkpoint import DTYPES
-from gptlab.data import DataConfig
+from gptlab.data import KINDS, DataConfig
 from gptlab.errors import GptlabError
 from gptlab.lit.optim import AdamWConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.lit.trainer import TrainerConfig, parse_duration
-from gptlab.model import GPTConfig, SamplingConfig
+from gptlab.model import SEED, GPTConfig, SamplingConfig
+from gptlab.rundir import RunDir
 from gptlab.tokenizers import TOKENIZERS, TokenizerError
 
 T = TypeVar("T")
@@ -42,7 +46,7 @@ SCHEDULES: dict[str, type] = {"gptlab.lit.schedule.WarmupCosine": WarmupCosine}
 class DataPaths:
     """Where data is read from; relative paths start from the folder you run from."""
 
-    data_dir: Optional[str] = "${oc.env:GPTLAB_DATA_DIR,data}"  # data sets are looked for and downloaded here
+    data_dir: Optional[str] = "data"  # data sets are looked for here ($GPTLAB_DATA_DIR first) and downloaded
     cache_dir: str = "${oc.env:GPTLAB_CACHE_DIR,data/cache}"  # tokenized corpora, shared by every run
 
 
@@ -64,7 +68,7 @@ class TrainConfig:
     callbacks: Any = None  # name -> a callback config with _target_
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
-    seed: int = 1337  # seeds the weights, the order of the data and the samples
+    seed: int = SEED  # seeds the weights, the order of the data and the samples
     ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
     init_from: Optional[str] = None  # a new run from trained weights: a run dir, gpt2...gpt2-xl, or a HF folder
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
@@ -73,13 +77,16 @@ class TrainConfig:
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
     checkpoint_every: Optional[str] = "00:00:10:00"  # DD:HH:MM:SS between last.ckpt saves; null: only at validation
 
+    # what a resumed run keeps whatever the command says (GPTConfig and DataConfig say which of theirs may change)
+    FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("tokenizer", "init_from")
+
 
 @dataclass
 class InferenceConfig(SamplingConfig):
     """What the entry points that run a checkpoint token by token (generate, chat) share."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
-    seed: int = 1337  # the same seed, settings and input give the same output
+    seed: int = SEED  # the same seed, settings and input give the same output
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
     # None: the checkpoint's (float32); auto: bfloat16 where a probe finds bf16 fast here (~2x on CPUs with bf16
     # units), else float32; bfloat16, float16
@@ -122,8 +129,8 @@ class EvalDataConfig:
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
-        if self.kind not in ("text", "chat"):
-            raise ValueError(f"data.kind={self.kind} is not one of text, chat")
+        if self.kind not in KINDS:
+            raise ValueError(f"data.kind={self.kind} is not one of {', '.join(KINDS)}")
 
 
 @dataclass
@@ -181,8 +188,17 @@ def unescape(override: str) -> str:
     return re.sub(r"\\(.)", r"\1", override)
 
 
+def run_dir(ckpt_path: Optional[str], new: str) -> str:
+    """hydra.run.dir: a run resumed with ckpt_path= goes on in its own folder; any other run gets a new one."""
+    p = Path(str(ckpt_path)).expanduser() if ckpt_path else None
+    return str(RunDir.of(p).path.resolve()) if p and (p.is_file() or RunDir(p).is_run()) else new
+
+
 def register_configs() -> None:
     OmegaConf.register_new_resolver("gptlab.run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("gptlab.run_dir", run_dir, replace=True)
+    # a resumed run keeps the record (.hydra/) of the command that started it
+    OmegaConf.register_new_resolver("gptlab.record", lambda ckpt_path: None if ckpt_path else ".hydra", replace=True)
     cs = ConfigStore.instance()
     for (group, name), node in DEFAULT_OPTIONS.items():
         cs.store(group=group, name=name, node=node)
@@ -190,6 +206,14 @@ def register_configs() -> None:
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(name="chat_schema", node=ChatConfig)
+
+
+def composed(config_name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's composition of a config of conf/ (or the ConfigStore) with overrides, inside a Hydra app or not."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name, overrides)
+    with initialize_config_module("gptlab.conf", version_base="1.3"):
+        return compose(config_name, overrides)
 
 
 def literal(text: str) -> str:

@@ -31,6 +31,7 @@ from gptlab.devices import auto_precision, has_fast_bf16, pick_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.trainer import TrainerConfig
+from gptlab.rundir import RunDir
 
 register_configs()
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, nothing to act on
@@ -79,7 +80,7 @@ def run(node: DictConfig) -> dict:
     print(f"{'tokens':<12}{result['tokens']:,}\n{'loss':<12}{result['loss']:.4f} nats/token")
     print(f"{'perplexity':<12}{result['perplexity']:.3f}\n{'bpc':<12}{result['bpc']:.4f} bits/char")
     stem = Path(name).stem.replace(" ", "-") if cfg.data.path else ("val-all" if limit == 1.0 else "val")
-    out = loaded.path.with_name(f"eval-{loaded.path.stem}-{stem}.json")
+    out = RunDir.evaluation(loaded.path, stem)
     out.write_text(json.dumps(result, indent=2))
     print(f"{'written':<12}{out}")
     return result
@@ -161,7 +162,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     for q, g, a in wrong:
         print(f"  wrong: {tok.decode(q[-40:])!r} -> {a!r} (expected {g!r})")
     stem = Path(name).stem.replace(" ", "-")
-    out = loaded.path.with_name(f"eval-{loaded.path.stem}-{stem}.json")
+    out = RunDir.evaluation(loaded.path, stem)
     out.write_text(json.dumps(result, indent=2))
     print(f"{'written':<14}{out}")
     return result

@@ -23,6 +23,7 @@ from gptlab import checkpoint, cli
 from gptlab.config import register_configs, to_spec
 from gptlab.devices import pick_device
 from gptlab.errors import GptlabError
+from gptlab.rundir import RunDir
 from gptlab.viz import (
     attention_maps,
     causal_leak,
@@ -68,12 +69,11 @@ def prompt_text(cfg: InspectConfig) -> str:
 
 
 def out_folder(cfg: InspectConfig, ckpt: Path) -> Path:
-    """out=, or the run's own inspect/ folder (a checkpoint sits in <run>/checkpoints/)."""
+    """out=, or the run's own folder for inspections."""
     if cfg.out:
         folder = Path(cfg.out).expanduser()
     else:
-        run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-        folder = run / "inspect"
+        folder = RunDir.of(ckpt).inspections
     if folder.exists() and not folder.is_dir():
         raise GptlabError(f"out={folder} is a file: give a folder (it is created if missing)")
     return folder

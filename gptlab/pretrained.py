@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Union
 
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.model.hf_gpt2 import load_hf_folder
+from gptlab.rundir import RunDir
 from gptlab.tokenizers import ByteLevelBPE
 
 NAMES = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
@@ -26,7 +27,7 @@ def is_pretrained(source: Union[str, Path]) -> bool:
     """A GPT-2 name that is not a local path, or a folder in the Hugging Face layout."""
     p = Path(source).expanduser()
     if p.exists():
-        return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoints").is_dir()
+        return p.is_dir() and (p / "config.json").is_file() and not RunDir(p).is_run()
     return str(source) in NAMES
 
 
@@ -64,25 +65,3 @@ def load(source: Union[str, Path]) -> tuple[GPT, ByteLevelBPE, Path]:
     model = GPT(config)
     model.load_state_dict(state)
     return model.eval(), tokenizer, path
-
-
-def adapt(model: GPT, spec: GPTConfig) -> GPT:
-    """A GPT of `spec` holding `model`'s weights: the position table cut to a smaller block_size, new
-    embedding rows (initialised as a fresh model's) for a larger vocab_size; dropout and the attention path
-    need no weights."""
-    old = model.config
-    if spec.block_size > old.block_size:
-        raise GptlabError(f"model.block_size={spec.block_size} is larger than the source's {old.block_size}: "
-                          "positions past it were never trained; use at most that")
-    if (spec.vocab_size or 0) < (old.vocab_size or 0):
-        raise GptlabError(f"model.vocab_size={spec.vocab_size} is smaller than the source's {old.vocab_size}")
-    new = GPT(spec)
-    state = model.state_dict()
-    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][: spec.block_size]
-    for key in ("transformer.wte.weight", "lm_head.weight"):
-        if key in state and state[key].size(0) < (spec.vocab_size or 0):
-            fresh = new.state_dict()[key].clone()
-            fresh[: state[key].size(0)] = state[key]
-            state[key] = fresh
-    new.load_state_dict(state)
-    return new

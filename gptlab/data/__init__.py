@@ -10,18 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _HOMES = {
-    "TextDataModule": "datamodule", "DataConfig": "datamodule", "make_datamodule": "datamodule",
+    "TextDataModule": "datamodule", "DataConfig": "datamodule", "KINDS": "datamodule",
     "ChatDataModule": "chat", "Corpus": "corpus", "TokenFiles": "cache",
     "encode": "cache", "prepare_tokens": "cache", "TokenShards": "shards", "DataError": "sources",
     "read_text": "sources", "RandomWindows": "windows", "FixedWindows": "windows",
 }
-__all__ = list(_HOMES)
+__all__ = [*_HOMES, "make_datamodule"]
 
 if TYPE_CHECKING:
     from gptlab.data.cache import TokenFiles, encode, prepare_tokens
     from gptlab.data.corpus import Corpus
     from gptlab.data.chat import ChatDataModule
-    from gptlab.data.datamodule import DataConfig, TextDataModule, make_datamodule
+    from gptlab.data.datamodule import KINDS, DataConfig, TextDataModule
     from gptlab.data.shards import TokenShards
     from gptlab.data.sources import DataError, read_text
     from gptlab.data.windows import FixedWindows, RandomWindows
@@ -31,3 +31,10 @@ def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+def make_datamodule(config: DataConfig, tokenizer: Any, block_size: int, seed: int, cache_dir: Any,
+                    data_dir: Any = None) -> Any:
+    """The DataModule of config.kind: TextDataModule (windows) or ChatDataModule (conversations)."""
+    module = __getattr__("ChatDataModule" if config.kind == "chat" else "TextDataModule")
+    return module(config, tokenizer, block_size, seed, cache_dir, data_dir)

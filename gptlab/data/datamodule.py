@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 import lightning as L
 import torch
@@ -42,6 +42,10 @@ class DataConfig:
     prepare_data_per_node: bool = True  # tokenize once per node (False: once in all, on a shared filesystem)
     overflow: str = "truncate"  # chat: a conversation longer than the context is cut (truncate) or left out (drop)
     loss_on: str = "answers"  # chat: the tokens the loss covers: answers (each answer and its end marker), or all
+
+    # how the data is served, not what it is: a resumed run may change these (the others make its data stream)
+    CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = (
+        "num_proc", "batch_size", "val_batch_size", "num_workers", "prepare_data_per_node", "overflow", "loss_on")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -158,13 +162,3 @@ class TextDataModule(L.LightningDataModule):
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.-]+", "-", name).strip("-") or "text"
-
-
-def make_datamodule(config: DataConfig, tokenizer: Union[dict, Tokenizer], block_size: int, seed: int,
-               cache_dir: Union[str, Path], data_dir: Optional[str] = None) -> L.LightningDataModule:
-    """The DataModule of config.kind: TextDataModule (windows) or ChatDataModule (conversations)."""
-    if config.kind == "chat":
-        from gptlab.data.chat import ChatDataModule
-
-        return ChatDataModule(config, tokenizer, block_size, seed, cache_dir, data_dir)
-    return TextDataModule(config, tokenizer, block_size, seed, cache_dir, data_dir)

@@ -319,9 +319,8 @@ class HparamsSummary(Callback):
         # declares which scalar tags are the metrics; their latest values show up in the tab,
         # so no placeholder value is logged
         exp, ssi, sei = hparams(self.hparams, {m: 0.0 for m in self.metrics})
-        writer = tb.experiment._get_file_writer()
-        for summary in (exp, ssi, sei):
-            writer.add_summary(summary)
+        for summary in (exp, ssi, sei):  # into the run's own event file, not a new one as add_hparams would
+            tb.experiment.file_writer.add_summary(summary)
 
 
 class LineProgressBar(ProgressBar):

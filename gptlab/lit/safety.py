@@ -4,18 +4,18 @@ whole or not at all.
 
 - `Safeguards` (a callback, added by `train.build`):
   * Ctrl-C (SIGINT), SIGTERM and SLURM's warning signal (SIGUSR1, `--signal=USR1@90`) are noted, and at the end
-    of the step under way every rank saves `last.ckpt` through ModelCheckpoint's own path, then the run stops
+    of the step under way every rank saves `last.ckpt` where ModelCheckpoint keeps it, then the run stops
     with `Interrupted` (train prints how to resume; exit 128 + the signal's number). Under SLURM, with
     Lightning's auto-requeue on, the warning signal also requeues the job (`scontrol requeue`), and the
-    requeued job resumes from that last.ckpt (`requeued_run`). A second Ctrl-C stops at once, unsaved.
-  * `checkpoint_every` (DD:HH:MM:SS): last.ckpt is also saved once that much time has passed since the last
-    checkpoint, whatever the validation interval.
-  * a NaN or Inf training loss raises `NonFiniteLoss` (one line: the step, the last good checkpoint, a hint)
-    before anything else is saved.
-  Under DDP the ranks agree on these flags at every step (one all-reduce of three numbers), so they all save,
+    requeued job resumes from that last.ckpt (`gptlab.start.requeued`). A second Ctrl-C stops at once, unsaved.
+  * a NaN or Inf training loss raises `NonFiniteLoss` (one line: the step, the last good checkpoint, a hint),
+    and no checkpoint is written from such weights: every save (a validation's, the clock's, an interrupt's)
+    checks the latest loss first.
+  Under DDP the ranks agree on these flags at every step (one all-reduce of two numbers), so they all save,
   and stop, at the same step. On a GPU the answer read is the previous step's, copied to the host without
-  waiting, so the checks cost no host-device sync per step; before any checkpoint is written (a validation's,
-  the clock's, an interrupt's) the current step's loss is checked at once.
+  waiting, so the checks cost no host-device sync per step.
+- `clock_checkpoint`: `checkpoint_every` (DD:HH:MM:SS) as Lightning's own time-interval ModelCheckpoint, which
+  also writes last.ckpt, whatever the validation interval.
 - `AtomicCheckpointIO` (the Trainer's checkpoint plugin): each checkpoint is written to a temporary file beside
   it and renamed (`files.atomic_write`), so a run killed while saving leaves the previous file loadable.
 """
@@ -28,7 +28,7 @@ import shlex
 import signal
 import subprocess
 import threading
-import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -41,10 +41,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptlab.errors import GptlabError
 from gptlab.files import atomic_write
+from gptlab.lit.internals import cluster_environment
 from gptlab.lit.trainer import format_duration, parse_duration
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-INTERRUPT, SAVE, NONFINITE = range(3)  # the per-step flags the ranks agree on
+INTERRUPT, NONFINITE = range(2)  # the per-step flags the ranks agree on
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -117,22 +118,21 @@ class NonFiniteLoss(GptlabError):
 
 
 def save_last(trainer: L.Trainer) -> Optional[Path]:
-    """Write last.ckpt now, through ModelCheckpoint's own path for it, so that `ckpt_path=RUN` finds it and the
-    callback's state stays right. Every rank must call this (Lightning's save has a barrier; rank 0 writes).
-    None where the run keeps no last.ckpt (debug=fast, no ModelCheckpoint, save_last off)."""
+    """Write the run's last checkpoint now, where its ModelCheckpoint keeps it, so that `ckpt_path=RUN` finds it.
+    Every rank must call this (Lightning's save has a barrier; rank 0 writes). None where the run keeps no last
+    checkpoint (debug=fast, no ModelCheckpoint, save_last off)."""
     cb = trainer.checkpoint_callback
-    if trainer.fast_dev_run or not isinstance(cb, ModelCheckpoint) or not cb.save_last:
+    if trainer.fast_dev_run or not isinstance(cb, ModelCheckpoint) or not cb.save_last or cb.dirpath is None:
         return None
-    saved_at = cb._last_global_step_saved
-    cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
-    cb._last_global_step_saved = saved_at  # so that a validation at this same step still saves best.ckpt
-    return Path(cb.last_model_path)
+    path = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    trainer.save_checkpoint(path)
+    return path
 
 
 def requeue_slurm_job(trainer: L.Trainer) -> Optional[str]:
     """Queue this SLURM job again, as Lightning's SLURMEnvironment does on its signal when auto_requeue is on
     (the default under SLURM); the job id, or None where Lightning does not run under SLURM or it failed."""
-    env = trainer._accelerator_connector.cluster_environment  # what Lightning's own signal handling reads
+    env = cluster_environment(trainer)
     if not (isinstance(env, SLURMEnvironment) and env.auto_requeue and "SLURM_JOB_ID" in os.environ):
         return None
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -144,12 +144,13 @@ def requeue_slurm_job(trainer: L.Trainer) -> Optional[str]:
     return job if done.returncode == 0 else None
 
 
-def requeued_run(out_dir: Path) -> Optional[Path]:
-    """The run dir of a SLURM job started again after a requeue (SLURM_RESTART_COUNT > 0) that left a
-    last.ckpt there: the job resumes it instead of refusing the folder."""
-    if os.environ.get("SLURM_RESTART_COUNT", "0") in ("", "0"):
+def clock_checkpoint(dirpath: str, every: Optional[str]) -> Optional[ModelCheckpoint]:
+    """last.ckpt every `every` (DD:HH:MM:SS) of training besides validation's saves; None: no clock saves."""
+    if not every:
         return None
-    return out_dir if (out_dir / "checkpoints" / "last.ckpt").is_file() else None
+    return ModelCheckpoint(dirpath=dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, save_top_k=1,
+                           enable_version_counter=False, train_time_interval=timedelta(
+                               seconds=parse_duration(every, "checkpoint_every")))
 
 
 class _AgreedFlags:
@@ -188,11 +189,9 @@ def _max_over_ranks(trainer: L.Trainer, t: torch.Tensor) -> None:
 
 
 class Safeguards(Callback):
-    """Stop on a signal with the step saved, save by the clock, stop on a non-finite loss (see the module's
-    docstring). checkpoint_every: DD:HH:MM:SS between last.ckpt saves besides validation's; None: only those."""
+    """Stop on a signal with the step saved, stop on a non-finite loss (see the module's docstring)."""
 
-    def __init__(self, checkpoint_every: Optional[str] = None) -> None:
-        self.every_s = parse_duration(checkpoint_every, "checkpoint_every") if checkpoint_every else None
+    def __init__(self) -> None:
         self.signum: Optional[int] = None  # the first stop signal this process received
         self._pid = os.getpid()
         self._rank_zero = True
@@ -200,8 +199,7 @@ class Safeguards(Callback):
         self._handlers: dict[int, Any] = {}  # the handlers ours replaced, put back at teardown
         self._flags = _AgreedFlags()
         self._stop = 0  # agreed: the signal to stop for, once every rank knows
-        self._save_asked: Optional[int] = None  # agreed: the step at which a clock save was asked for
-        self._next_save = float("inf")  # rank 0: when the clock asks for a save
+        self._loss: Optional[torch.Tensor] = None  # the latest training loss
         self._step_seen = 0
         self._good: tuple[Optional[str], Optional[int]] = (None, None)  # the last checkpoint (path, step)
 
@@ -235,7 +233,7 @@ class Safeguards(Callback):
         # Lightning's SLURM handler, which then stands aside (it saves inside the handler, in mid-step)
         if stage == "fit":
             self._pid, self._rank_zero = os.getpid(), trainer.is_global_zero
-            env = trainer._accelerator_connector.cluster_environment
+            env = cluster_environment(trainer)
             requeue = getattr(env, "requeue_signal", None) if isinstance(env, SLURMEnvironment) else None
             self._install(STOP_SIGNALS + ((requeue,) if requeue and requeue not in STOP_SIGNALS else ()))
 
@@ -247,11 +245,9 @@ class Safeguards(Callback):
         self._step_seen = trainer.global_step
         if trainer.ckpt_path:  # a resumed run: the checkpoint it started from is good
             self._good = (str(trainer.ckpt_path), trainer.global_step)
-        if self.every_s is not None:
-            self._next_save = time.monotonic() + self.every_s
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._settle(trainer)
+        self._act_on(trainer, self._flags.wait())  # the last step's flags, still on their way on a GPU
         self._training = False
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -270,34 +266,18 @@ class Safeguards(Callback):
         stepped = trainer.global_step != self._step_seen  # False inside a gradient accumulation
         self._step_seen = trainer.global_step
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        flags = torch.zeros(3, device=pl_module.device)
+        self._loss = loss if isinstance(loss, torch.Tensor) else None
+        flags = torch.zeros(2, device=pl_module.device)
         if self.signum:
             flags[INTERRUPT] = self.signum
-        if self._clock_asks(trainer):
-            flags[SAVE] = 1
-        if isinstance(loss, torch.Tensor):
-            flags[NONFINITE] = torch.logical_not(torch.isfinite(loss)).any()
+        if self._loss is not None:
+            flags[NONFINITE] = torch.logical_not(torch.isfinite(self._loss)).any()
         self._act_on(trainer, self._flags.exchange(trainer, flags, trainer.global_step + (not stepped)))
-        if not stepped or not (self._stop or self._save_asked is not None):
-            return
-        if isinstance(loss, torch.Tensor):
-            self._refuse_nonfinite(trainer, loss)  # nothing is saved from weights that a NaN has reached
-        stop, asked, self._save_asked = self._stop, self._save_asked, None
-        saved_since = asked is not None and self._good[1] is not None and self._good[1] >= asked
-        if not stop and saved_since:
-            return  # a validation saved after the clock asked
-        path = save_last(trainer)
-        if stop:
+        if stepped and self._stop:
+            path = save_last(trainer)  # on_save_checkpoint refuses weights a NaN has reached
             # SLURM's warning signal (neither Ctrl-C nor a plain kill): rank 0 queues the job again
-            requeue = trainer.is_global_zero and stop not in (signal.SIGINT, signal.SIGTERM)
-            raise Interrupted(stop, trainer.global_step, path, requeue_slurm_job(trainer) if requeue else None)
-
-    def _clock_asks(self, trainer: L.Trainer) -> bool:
-        """Rank 0 decides when a clock save is due, once per period (the save sets the next time)."""
-        if not trainer.is_global_zero or time.monotonic() < self._next_save:
-            return False
-        self._next_save = float("inf")
-        return True
+            requeue = trainer.is_global_zero and self._stop not in (signal.SIGINT, signal.SIGTERM)
+            raise Interrupted(self._stop, trainer.global_step, path, requeue_slurm_job(trainer) if requeue else None)
 
     def _act_on(self, trainer: L.Trainer, known: Optional[tuple[list[float], int]]) -> None:
         if known is None:
@@ -306,32 +286,16 @@ class Safeguards(Callback):
         if flags[NONFINITE]:
             raise NonFiniteLoss(self._message(trainer, step))
         self._stop = self._stop or int(flags[INTERRUPT])
-        if flags[SAVE] and self._save_asked is None:
-            self._save_asked = step
-
-    def _settle(self, trainer: L.Trainer) -> None:
-        """Wait for the flags on their way (a GPU's): before a checkpoint is written, a NaN must be known."""
-        self._act_on(trainer, self._flags.wait())
-
-    def _refuse_nonfinite(self, trainer: L.Trainer, loss: torch.Tensor) -> None:
-        bad = torch.logical_not(torch.isfinite(loss)).any().float().reshape(1)
-        _max_over_ranks(trainer, bad)
-        if bad.item():
-            raise NonFiniteLoss(self._message(trainer, trainer.global_step))
-
-    # --- every checkpoint: validation's (ModelCheckpoint) and ours ---
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._settle(trainer)  # ModelCheckpoint saves after this validation
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._settle(trainer)  # ModelCheckpoint may save here (a run without validation)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Every checkpoint passes here before it is written (on every rank): not one from non-finite weights."""
+        self._act_on(trainer, self._flags.wait())  # a GPU's flags still on their way
+        if self._training and self._loss is not None:
+            bad = torch.logical_not(torch.isfinite(self._loss)).any().float().reshape(1)
+            _max_over_ranks(trainer, bad)
+            if bad.item():
+                raise NonFiniteLoss(self._message(trainer, trainer.global_step))
         self._good = (None, trainer.global_step)  # its path: ModelCheckpoint's, read when it is needed
-        if self.every_s is not None:
-            self._next_save = time.monotonic() + self.every_s
 
     def _message(self, trainer: L.Trainer, step: int) -> str:
         path, at = self._good

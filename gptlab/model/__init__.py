@@ -1,7 +1,7 @@
 """The GPT itself and sampling from it: plain PyTorch, no Lightning, no Hydra."""
 
-from gptlab.model.gpt import GPT, ConfigError, GPTConfig, KVCache, add_tokens, param_groups
-from gptlab.model.sampling import SamplingConfig, complete, filter_logits, generate, prompt_ids, sample_next
+from gptlab.model.gpt import GPT, ConfigError, GPTConfig, KVCache, adapt, add_tokens, param_groups
+from gptlab.model.sampling import SEED, SamplingConfig, complete, filter_logits, generate, prompt_ids, sample_next
 
-__all__ = ["GPT", "add_tokens", "GPTConfig", "ConfigError", "KVCache", "param_groups", "generate", "sample_next", "filter_logits",
+__all__ = ["GPT", "adapt", "add_tokens", "SEED", "GPTConfig", "ConfigError", "KVCache", "param_groups", "generate", "sample_next", "filter_logits",
            "SamplingConfig", "complete", "prompt_ids"]

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Callable, Optional, Sequence
 
 from gptlab.model.gpt import GPT
-from gptlab.model.sampling import SamplingConfig, complete
+from gptlab.model.sampling import SEED, SamplingConfig, complete
 from gptlab.tokenizers import Tokenizer
 from gptlab.tokenizers.chat import Message, end_id, render
 
@@ -40,7 +40,7 @@ def room(model: GPT, sampling: SamplingConfig) -> int:
 
 
 def reply(model: GPT, tokenizer: Tokenizer, messages: Sequence[Message], sampling: SamplingConfig = GREEDY,
-          seed: int = 1337, on_text: Optional[Callable[[str], None]] = None) -> tuple[str, int]:
+          seed: int = SEED, on_text: Optional[Callable[[str], None]] = None) -> tuple[str, int]:
     """The model's answer to a conversation that ends with a user message, and how many old messages did not
     fit in the context. on_text streams the answer as it is generated."""
     ids, dropped = fit(tokenizer, messages, room(model, sampling))

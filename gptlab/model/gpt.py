@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from gptlab.model.sampling import generate
 
 ACTIVATIONS = ("gelu", "relu")
 NORMS = ("pre", "post")
@@ -39,6 +41,11 @@ class GPTConfig:
     norm: str = "pre"  # "pre": LayerNorm before each sublayer (GPT-2); "post": after the residual add (GPT-1)
     tie_weights: bool = True  # lm_head shares its matrix with the token embedding, as GPT-2
     attention: str = "sdpa"  # "sdpa": fused kernels (flash on GPU); "explicit": softmax(QK^T)V written out
+
+    # the weights do not depend on these: a resumed run may change them (every other field is the model's shape)
+    CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("dropout", "attention")
+    # a new run from trained weights (init_from=) may also use fewer positions or more tokens: see adapt()
+    CHANGEABLE_ON_INIT: ClassVar[tuple[str, ...]] = (*CHANGEABLE_ON_RESUME, "block_size", "vocab_size")
 
     def __post_init__(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -298,8 +305,6 @@ class GPT(nn.Module):
                  top_p: Optional[float] = None, **kwargs) -> torch.Tensor:
         """Continue idx (B, T) by max_new_tokens sampled tokens -> (B, T + n), as nanoGPT's model.generate.
         Other options (generator, stop_token, compile, ...): gptlab.model.sampling.generate's."""
-        from gptlab.model.sampling import generate  # here: sampling imports this module
-
         return generate(self, idx, max_new_tokens, temperature, top_k, top_p, **kwargs)
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
@@ -330,6 +335,23 @@ def add_tokens(model: GPT, old: int, new: int) -> GPT:
     for table in {id(t): t for t in (model.transformer.wte.weight, model.lm_head.weight)}.values():
         table[old:new] = table[:old].mean(dim=0)
     return model
+
+
+def adapt(model: GPT, spec: GPTConfig) -> GPT:
+    """A GPT of `spec` holding `model`'s weights: the position table cut to a smaller block_size, rows added
+    (as add_tokens adds them) for a larger vocab_size; the fields of CHANGEABLE_ON_RESUME need no weights."""
+    old = model.config
+    if spec.block_size > old.block_size:
+        raise ConfigError(f"model.block_size={spec.block_size} is larger than the source's {old.block_size}: "
+                          "positions past it were never trained; use at most that")
+    if (spec.vocab_size or 0) < (old.vocab_size or 0):
+        raise ConfigError(f"model.vocab_size={spec.vocab_size} is smaller than the source's {old.vocab_size}")
+    model = add_tokens(model, old.vocab_size or 0, spec.vocab_size or 0)
+    state = model.state_dict()
+    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][: spec.block_size]
+    new = GPT(spec)
+    new.load_state_dict(state)
+    return new
 
 
 def param_groups(model: nn.Module) -> list[dict]:

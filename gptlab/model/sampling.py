@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import torch
 
-from gptlab.model.gpt import GPT
-
-if TYPE_CHECKING:  # the model knows tokenizers only by this interface
+if TYPE_CHECKING:  # the model calls `generate` (GPT.generate); tokenizers are known by their interface only
+    from gptlab.model.gpt import GPT
     from gptlab.tokenizers import Tokenizer
+
+SEED = 1337  # the default seed of everything random: the weights, the order of the data, the samples
 
 
 @dataclass
@@ -60,7 +61,7 @@ def complete(
     prompt: Union[str, Sequence[int], Sequence[Sequence[int]]],
     sampling: SamplingConfig = SamplingConfig(),
     num_samples: int = 1,
-    seed: int = 1337,
+    seed: int = SEED,
     on_text: Optional[Callable[[str], None]] = None,
     stop_token: Optional[int] = None,
 ) -> list[str]:

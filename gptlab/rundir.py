@@ -1,0 +1,92 @@
+"""A run's folder: the one place that knows where a run keeps what.
+
+    <run>/                       outputs/<date>/<time>/, or a sweep's <sweep>/<job>/
+      .hydra/                    Hydra's record: the composed config and the command's overrides
+      checkpoints/best.ckpt      lowest val/loss so far (ModelCheckpoint, conf/callbacks/default.yaml)
+      checkpoints/last.ckpt      the latest step: what a resume starts from
+      checkpoints/eval-*.json    gptlab eval's results, beside the checkpoint they score
+      tensorboard/<version>/     the TensorBoard log (conf/logger/tensorboard.yaml)
+      inspect/                   gptlab inspect's attention maps
+      hf/                        gptlab export's Hugging Face folder (when no out= is given)
+      result.json                the run's final figures (a sweep gathers them)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from gptlab.errors import GptlabError
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def of(cls, path: PathLike) -> RunDir:
+        """The run a folder or a checkpoint file belongs to (a checkpoint sits in <run>/checkpoints/)."""
+        p = Path(path).expanduser()
+        if p.is_file() or p.suffix == ".ckpt":
+            p = p.parent
+        return cls(p.parent if p.name == "checkpoints" else p)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.ckpt"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def record(self) -> Path:
+        return self.path / ".hydra"
+
+    @property
+    def inspections(self) -> Path:
+        return self.path / "inspect"
+
+    @property
+    def export(self) -> Path:
+        return self.path / "hf"
+
+    @property
+    def result(self) -> Path:
+        return self.path / "result.json"
+
+    def is_run(self) -> bool:
+        return self.checkpoints.is_dir()
+
+    @staticmethod
+    def evaluation(checkpoint: Path, data: str) -> Path:
+        """Where gptlab eval writes its result for `checkpoint` scored on `data` (a short name)."""
+        return checkpoint.with_name(f"eval-{checkpoint.stem}-{data}.json")
+
+
+def find_checkpoint(path: PathLike, last_first: bool = False) -> Path:
+    """A .ckpt file as is; a run dir -> its best.ckpt, else its last.ckpt (last_first: the other way round,
+    which is what a resume wants). A folder holding the files directly (checkpoints/ itself) works too."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise GptlabError(f"checkpoint {p} does not exist: give a .ckpt file or a run dir under outputs/")
+    run = RunDir(p)
+    names = (run.best.name, run.last.name)[:: -1 if last_first else 1]
+    for folder in (run.checkpoints, p):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    raise GptlabError(f"no checkpoint in {p}: expected checkpoints/{' or checkpoints/'.join(names)} inside it")

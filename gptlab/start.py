@@ -1,0 +1,163 @@
+"""How a training run starts: fresh, resumed (`ckpt_path=`) or from trained weights (`init_from=`), decided in
+one place, with the checkpoint read once.
+
+- **fresh**: the composed config as it is.
+- **resumed**: the checkpoint's record of the run's config is the truth. It is registered as a config of its own
+  and Hydra composes the command's overrides on top of it, so `trainer.max_steps=8` changes that key and nothing
+  else, and a recipe or a group choice (`experiment=`, `model=`) is refused. What may not change (the model's
+  shape, the data stream, the tokenizer) each spec declares: `CHANGEABLE_ON_RESUME` of GPTConfig and DataConfig,
+  `FIXED_ON_RESUME` of TrainConfig. Lightning restores the weights, the optimizer and the loops from the file.
+- **init_from**: a new run from a trained model (a run dir or GPT-2). The source's model is the `model` option the
+  command's overrides (and its recipe's) apply to; what differs from the source must be of
+  `GPTConfig.CHANGEABLE_ON_INIT` (adapt cuts the position table, adds token rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+from gptlab import checkpoint
+from gptlab.config import TrainConfig, composed, to_spec
+from gptlab.data import DataConfig
+from gptlab.errors import GptlabError
+from gptlab.model import GPT, GPTConfig, ConfigError, adapt
+from gptlab.rundir import RunDir, find_checkpoint
+from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
+
+NOT_RECORDED = ("paths", "ckpt_path", "hydra")  # where this invocation writes, not what the run is
+
+
+@dataclass
+class Start:
+    """A run's config and what it starts from. model/tokenizer None: a fresh model, built for the data's tokenizer;
+    weights: the model holds the weights to train from (init_from), else Lightning restores them (ckpt_path)."""
+
+    cfg: DictConfig
+    ckpt_path: Optional[Path] = None
+    model: Optional[GPT] = None
+    tokenizer: Optional[Tokenizer] = None
+    weights: bool = False
+
+
+def start(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
+    """The run `cfg` describes. overrides: the command line's, which say what a resume changes (None, a call from
+    Python: every key of cfg counts as set)."""
+    run = RunDir(Path(cfg.paths.output_dir))
+    if not cfg.ckpt_path and not cfg.init_from and requeued(run):
+        cfg.ckpt_path = str(run.path)  # a SLURM job requeued after pre-emption continues its run
+    if cfg.ckpt_path and cfg.init_from:
+        raise GptlabError("init_from= starts a new run from trained weights, ckpt_path= resumes a run: give one")
+    begun = resume(cfg, overrides) if cfg.ckpt_path else from_weights(cfg, overrides) if cfg.init_from else Start(cfg)
+    last = RunDir(Path(begun.cfg.paths.output_dir)).last
+    if last.exists() and (begun.ckpt_path is None or last.resolve() != begun.ckpt_path.resolve()):
+        raise GptlabError(f"{last.parent.parent} already holds a run's checkpoints: use a new run dir "
+                          "(or resume with ckpt_path=)")
+    return begun
+
+
+def requeued(run: RunDir) -> bool:
+    """A SLURM job started again after a requeue (SLURM_RESTART_COUNT > 0) that left a last.ckpt in its run dir:
+    the job resumes it instead of refusing the folder."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") and run.last.is_file()
+
+
+def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
+    path = find_checkpoint(cfg.ckpt_path, last_first=True)
+    record = checkpoint.read_record(checkpoint.read(path), path)
+    stored = record["config"]
+    if overrides is None:
+        new = OmegaConf.merge(stored, run_config(cfg))
+    else:
+        ConfigStore.instance().store(name="resumed_run", node={"defaults": ["train_schema", "_self_"], **stored})
+        try:
+            new = composed("resumed_run", overrides)
+        except ConfigCompositionException as e:
+            if "No match in the defaults list" not in str(e):
+                raise
+            group = str(e).split("'")[1]
+            raise GptlabError(f"{group}= cannot be combined with ckpt_path=: a resumed run keeps its own settings; "
+                              "override single keys instead (e.g. trainer.max_steps=...)") from None
+    before, after = flat(stored), flat(run_config(new))
+    for key in fixed_on_resume():
+        for path_, value in after.items():
+            if (path_ == key or path_.startswith(key + ".")) and path_ in before and str(before[path_]) != str(value):
+                raise GptlabError(f"{path_}={value} conflicts with the run being resumed ({path_}={before.get(path_)}): "
+                                  "a resumed run keeps its model and data; drop the override, or train a new run")
+    for k in NOT_RECORDED:
+        if k in cfg and k != "hydra":
+            new[k] = cfg[k]
+    keep_log(new)
+    return Start(new, path, GPT(GPTConfig(**record["model"])), tokenizer_from_dict(record["tokenizer"]))
+
+
+def fixed_on_resume() -> list[str]:
+    """The keys a resumed run keeps, as the specs declare them."""
+    keys = list(TrainConfig.FIXED_ON_RESUME)
+    for node, spec in (("model", GPTConfig), ("data", DataConfig)):
+        keys += [f"{node}.{f.name}" for f in dataclasses.fields(spec) if f.name not in spec.CHANGEABLE_ON_RESUME]
+    return keys
+
+
+def from_weights(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
+    source = checkpoint.load(cfg.init_from)
+    spec = source.model.config
+    target = spec
+    if overrides is not None:  # the source's model as the model option, under what the command sets
+        ConfigStore.instance().store(group="model", name="init_from", node=spec.to_dict())
+        node = composed("train", ["model=init_from", *overrides]).model
+        set_ = {k: getattr(spec, k) if v is None else v for k, v in node.items()}  # None: as the source has it
+        target = to_spec(GPTConfig, set_, "model")
+        for f in dataclasses.fields(GPTConfig):
+            old, new = getattr(spec, f.name), getattr(target, f.name)
+            if old != new and f.name not in GPTConfig.CHANGEABLE_ON_INIT:
+                raise GptlabError(f"model.{f.name}={new} conflicts with the model of init_from={cfg.init_from} "
+                                  f"(model.{f.name}={old}): its shape comes from there; only "
+                                  f"{', '.join('model.' + k for k in GPTConfig.CHANGEABLE_ON_INIT)} may change")
+    try:
+        model = adapt(source.model, target)
+    except ConfigError as e:
+        raise GptlabError(str(e)) from None
+    cfg.model = target.to_dict()  # the run's record says what it trains
+    return Start(cfg, None, model, source.tokenizer, weights=True)
+
+
+def run_config(cfg: Any) -> dict:
+    """The run's settings as a checkpoint records them: the composed config with data.path absolute, its
+    interpolations kept (`${paths.output_dir}` means the folder of whichever invocation runs it)."""
+    c = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else dict(cfg)
+    assert isinstance(c, dict)
+    c = {k: v for k, v in c.items() if k not in NOT_RECORDED}
+    if c["data"].get("path") and not str(c["data"]["path"]).startswith("hf:"):  # hf:NAME is not a file
+        c["data"]["path"] = str(Path(c["data"]["path"]).expanduser().resolve())
+    return c
+
+
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"n_layer": 4}} -> {"model.n_layer": 4}; Hydra's `_target_` keys left out."""
+    if not isinstance(node, dict):
+        return {prefix: node if isinstance(node, (int, float, str, bool)) else str(node)}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if not str(k).startswith("_"):
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def keep_log(cfg: DictConfig) -> None:
+    """A run resumed in its own folder goes on writing its TensorBoard log where it was (the overrides that name
+    a new log, trainer.max_time=... say, would start another): the one log folder there, if there is one."""
+    logger = cfg.get("logger")
+    if not logger or "save_dir" not in logger:
+        return
+    base = Path(logger.save_dir) / str(logger.get("name") or "")
+    logs = [d for d in base.iterdir() if d.is_dir()] if base.is_dir() else []
+    if len(logs) == 1:
+        logger.version = logs[0].name

@@ -5,12 +5,14 @@ a run that failed before it started."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, Sequence, TypeVar
+from typing import Callable, NoReturn, Optional, Sequence, TypeVar, Union
 
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
@@ -18,6 +20,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from gptlab.config import literal
 from gptlab.errors import GptlabError
+from gptlab.rundir import RECORD
 from gptlab.model import ConfigError
 from gptlab.tokenizers import TokenizerError
 
@@ -61,6 +64,22 @@ def one_line(ex: BaseException) -> str:
     return text
 
 
+class _DropBanners(logging.Filter):
+    """Lightning's start-up lines that say nothing about this run (gptlab prints its own summary)."""
+
+    NOISE = ("Tip:", " available: ", "`Trainer(", "LOCAL_RANK:", "`Trainer.fit` stopped", "Automatic Mixed Precision")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOISE)
+
+
+def quiet_lightning() -> None:
+    """Lightning without its banners, and without a warning from its own insides that no user can act on."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropBanners())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 def quote(text: str) -> str:
     """`text` as a Hydra quoted string that Hydra and OmegaConf turn back into exactly `text`."""
     text = literal(text)  # for OmegaConf
@@ -99,10 +118,12 @@ def verbatim(argv: Sequence[str], keys: Sequence[str]) -> list[str]:
     return out
 
 
-def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (), help: Optional[str] = None) -> None:
+def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
+        help: Union[str, Callable[[Optional[str]], str], None] = None) -> None:
     """Call a @hydra.main function; a user error prints `error: ...` on stderr and exits with status 2.
 
-    free_text: the keys whose values are taken as typed (see `verbatim`). help: the text `--help` prints.
+    free_text: the keys whose values are taken as typed (see `verbatim`). help: the text `--help` prints, or
+    a function of the word after it (`--help model`) that makes the text.
     Hydra catches exceptions itself and prints them over several lines unless HYDRA_FULL_ERROR is set;
     we set it so they reach us. If you set HYDRA_FULL_ERROR yourself, you get the full traceback.
     Processes a gptlab command starts (DDP ranks) inherit its choice through GPTLAB_TRACEBACK.
@@ -112,9 +133,12 @@ def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (), help: O
     if module == "__main__":  # run with -m: the module's real name is in its spec
         module = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", module)
     COMMAND = os.environ.get(COMMAND_ENV) or f"python -m {module}"
-    if help is not None and {"-h", "--help"} & set(sys.argv[1:]):
-        print(help.replace("{command}", COMMAND))
-        sys.exit(0)
+    asked = next((i for i, a in enumerate(sys.argv) if a in ("-h", "--help")), None)
+    if help is not None and asked is not None:
+        word = sys.argv[asked + 1] if asked + 1 < len(sys.argv) else None
+        text = help if isinstance(help, str) else help(word)
+        print(text.replace("{command}", COMMAND), file=sys.stderr if text.startswith("error:") else sys.stdout)
+        sys.exit(2 if text.startswith("error:") else 0)
     sys.argv[1:] = verbatim(sys.argv[1:], free_text)
     inherited = os.environ.get("GPTLAB_TRACEBACK")
     wants_traceback = inherited == "1" if inherited is not None else os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -169,7 +193,7 @@ def remove_if_unused(cfg: DictConfig) -> bool:
         return False
     if out.resolve() == Path.cwd().resolve() or not out.is_dir():
         return False
-    made_by_hydra = {".hydra"} | {p.name for p in out.glob("*.log")}
+    made_by_hydra = {RECORD} | {p.name for p in out.glob("*.log")}
     if not all(p.name in made_by_hydra for p in out.iterdir()):
         return False
     shutil.rmtree(out, ignore_errors=True)

@@ -32,7 +32,7 @@ from gptlab.lit.optim import AdamWConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.lit.trainer import TrainerConfig, parse_duration
 from gptlab.model import SEED, GPTConfig, SamplingConfig
-from gptlab.rundir import RunDir
+from gptlab.rundir import RECORD, RunDir
 from gptlab.tokenizers import TOKENIZERS, TokenizerError
 
 T = TypeVar("T")
@@ -198,7 +198,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("gptlab.run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("gptlab.run_dir", run_dir, replace=True)
     # a resumed run keeps the record (.hydra/) of the command that started it
-    OmegaConf.register_new_resolver("gptlab.record", lambda ckpt_path: None if ckpt_path else ".hydra", replace=True)
+    OmegaConf.register_new_resolver("gptlab.record", lambda ckpt_path: None if ckpt_path else RECORD, replace=True)
     cs = ConfigStore.instance()
     for (group, name), node in DEFAULT_OPTIONS.items():
         cs.store(group=group, name=name, node=node)

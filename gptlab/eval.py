@@ -34,7 +34,7 @@ from gptlab.lit.trainer import TrainerConfig
 from gptlab.rundir import RunDir
 
 register_configs()
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, nothing to act on
+cli.quiet_lightning()
 
 
 def run(node: DictConfig) -> dict:

@@ -5,7 +5,7 @@
       checkpoints/best.ckpt      lowest val/loss so far (ModelCheckpoint, conf/callbacks/default.yaml)
       checkpoints/last.ckpt      the latest step: what a resume starts from
       checkpoints/eval-*.json    gptlab eval's results, beside the checkpoint they score
-      tensorboard/<version>/     the TensorBoard log (conf/logger/tensorboard.yaml)
+      tensorboard/<version>/     the TensorBoard log (its place: conf/logger/tensorboard.yaml)
       inspect/                   gptlab inspect's attention maps
       hf/                        gptlab export's Hugging Face folder (when no out= is given)
       result.json                the run's final figures (a sweep gathers them)
@@ -20,6 +20,7 @@ from typing import Union
 from gptlab.errors import GptlabError
 
 PathLike = Union[str, Path]
+RECORD = ".hydra"  # Hydra's output_subdir
 
 
 @dataclass(frozen=True)
@@ -34,37 +35,13 @@ class RunDir:
             p = p.parent
         return cls(p.parent if p.name == "checkpoints" else p)
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.ckpt"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.ckpt"
-
-    @property
-    def logs(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def record(self) -> Path:
-        return self.path / ".hydra"
-
-    @property
-    def inspections(self) -> Path:
-        return self.path / "inspect"
-
-    @property
-    def export(self) -> Path:
-        return self.path / "hf"
-
-    @property
-    def result(self) -> Path:
-        return self.path / "result.json"
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    best = property(lambda self: self.checkpoints / "best.ckpt")
+    last = property(lambda self: self.checkpoints / "last.ckpt")
+    record = property(lambda self: self.path / RECORD)
+    inspections = property(lambda self: self.path / "inspect")
+    export = property(lambda self: self.path / "hf")
+    result = property(lambda self: self.path / "result.json")
 
     def is_run(self) -> bool:
         return self.checkpoints.is_dir()

@@ -77,6 +77,8 @@ def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
         new = OmegaConf.merge(stored, run_config(cfg))
     else:
         ConfigStore.instance().store(name="resumed_run", node={"defaults": ["train_schema", "_self_"], **stored})
+        # `+key=` added a key to the defaults, which the run may hold already: add it or set it (`++`)
+        overrides = ["+" + o if o.startswith("+") and not o.startswith("++") else o for o in overrides]
         try:
             new = composed("resumed_run", overrides)
         except ConfigCompositionException as e:
@@ -125,7 +127,7 @@ def from_weights(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
         model = adapt(source.model, target)
     except ConfigError as e:
         raise GptlabError(str(e)) from None
-    cfg.model = target.to_dict()  # the run's record says what it trains
+    cfg.model = target  # the run's record says what it trains
     return Start(cfg, None, model, source.tokenizer, weights=True)
 
 

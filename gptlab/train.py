@@ -1,17 +1,13 @@
 """Train a GPT: `python -m gptlab.train model=small data=shakespeare` (Hydra; see conf/train.yaml).
-
-`train(cfg)` does the work and is what tests call; `_main` is the thin Hydra entry point around it, and
-the sweep's bookkeeping wraps it (`sweep.records_result`).
-"""
+`train(cfg)` does the work (tests call it); `_main` is the Hydra entry point around it, wrapped by the sweep's
+bookkeeping (`sweep.records_result`). How a run starts (fresh, resumed, from weights): gptlab.start."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import shlex
-import signal
 import sys
 import time
 import warnings
@@ -30,33 +26,22 @@ import gptlab
 from gptlab import cli, sweep
 from gptlab.config import OPTIMIZERS, SCHEDULES, check_top_level, register_configs, to_spec, tokenizer_spec
 from gptlab.data import DataConfig, make_datamodule
-from gptlab.devices import auto_compile, auto_precision, check_cpu_compile, lightning_device
+from gptlab.devices import auto_compile, check_cpu_compile, lightning_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBudget
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops_on_signals
-from gptlab.lit.trainer import TrainerConfig
+from gptlab.lit.trainer import TrainerConfig, lightning_settings
 from gptlab.model import GPTConfig, SamplingConfig, complete
 from gptlab.model.chat import GREEDY, reply
 from gptlab.start import Start, flat, run_config, start
+from gptlab.usage import train_help
 
 register_configs()
-
-
-class _DropBanners(logging.Filter):
-    """Lightning's start-up lines that say nothing about this run (gptlab prints its own summary)."""
-
-    NOISE = ("Tip:", " available: ", "`Trainer(", "LOCAL_RANK:", "`Trainer.fit` stopped", "Automatic Mixed Precision")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(n in record.getMessage() for n in self.NOISE)
-
-
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_DropBanners())
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # inside Lightning, nothing to act on
+cli.quiet_lightning()
 # a run resumed into another folder: expected, and the best checkpoint is still found by its path
 warnings.filterwarnings("ignore", message="The dirpath has changed")
+
 
 def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[float] = None
           ) -> tuple[L.Trainer, GPTLitModule, L.LightningDataModule]:
@@ -133,12 +118,11 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optio
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             trainer.fit(module, datamodule=datamodule, ckpt_path=begun.ckpt_path)
     except Interrupted as stop:  # a signal: the step was saved; say how to go on, exit 128 + the signal
-        if stop.checkpoint is None and begun.ckpt_path is None and trainer.global_step == 0:  # before training
-            removed = trainer.is_global_zero and cli.remove_if_unused(cfg)
-            print(f"\ninterrupted by {signal.Signals(stop.signum).name} before training began: nothing saved"
-                  + (", its run folder removed" if removed else ""), file=sys.stderr, flush=True)
-        elif trainer.is_global_zero:
-            print(stop.report(cfg.paths.output_dir, cli.COMMAND, budget_left(trainer)), flush=True)
+        before = stop.checkpoint is None and begun.ckpt_path is None and trainer.global_step == 0
+        removed = before and trainer.is_global_zero and cli.remove_if_unused(cfg)
+        if trainer.is_global_zero:
+            print(stop.report(cfg.paths.output_dir, cli.COMMAND, budget_left(trainer), removed),
+                  file=sys.stderr if before else sys.stdout, flush=True)
         raise SystemExit(stop.exit_code) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -152,7 +136,7 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optio
 
 def budget_left(trainer: L.Trainer) -> Optional[float]:
     """Seconds of trainer.max_time this job had left; None without a time budget."""
-    budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)  # type: ignore[attr-defined]
+    budget = TimeBudget.of(trainer)
     return budget.left() if budget is not None else None
 
 
@@ -197,47 +181,19 @@ def shown(text: str, limit: int = 60) -> str:
     return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
-def lightning_settings(spec: TrainerConfig) -> tuple[dict, str]:
-    """lightning.Trainer's arguments for a trainer spec, and why its precision is what it is: precision=auto is
-    decided for the device it trains on; max_time is left to the TimeBudget callback."""
-    precision, why = str(spec.precision), ""
-    if precision == "auto":
-        precision, why = auto_precision(lightning_device(spec.accelerator))
-    return {**dataclasses.asdict(spec), "precision": precision, "max_time": None}, why
-
-
-def trainer_kwargs(cfg: DictConfig) -> dict:
-    return lightning_settings(to_spec(TrainerConfig, cfg.trainer, "trainer"))[0]
-
-
 @hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="train")
 @cli.reports_errors
-@sweep.records_result(lambda cfg: sweep.relaunches_command(trainer_kwargs(cfg)))
+@sweep.records_result(lambda cfg: sweep.relaunches_command(lightning_settings(to_spec(TrainerConfig, cfg.trainer,
+                                                                                       "trainer"))[0]))
 def _main(cfg: DictConfig) -> dict[str, float]:
     # trainer.max_time counts the whole job: from the process's start for the first, from here for a sweep's next
     started = gptlab.STARTED if HydraConfig.get().job.get("num", 0) in (0, None) else time.monotonic()
     return train(cfg, overrides=list(HydraConfig.get().overrides.task), started=started)
 
 
-FREE_TEXT = ("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir")
-GROUPS = ["model", "data", "tokenizer", "trainer", "optim", "scheduler", "callbacks", "logger", "experiment",
-          "debug", "hparams_search"]
-
-
-def help_text() -> str:
-    from gptlab.config import TrainConfig
-    from gptlab.usage import entry_help, train_defaults
-
-    return entry_help(
-        "Train a GPT; every run gets a folder under outputs/ with checkpoints and TensorBoard logs.",
-        "[group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)", TrainConfig,
-        GROUPS, train_defaults(), skip=tuple(GROUPS),
-        notes="Any key of a group is set the same way (model.n_layer=4, optim.lr=3e-4, trainer.max_steps=500);\n"
-              "every key with its value: {command} --cfg job. Paths (data.path=, ckpt_path=) are taken as typed.")
-
-
-def main() -> None:
-    cli.run(_main, free_text=FREE_TEXT, help=help_text())
+def main() -> None:  # the keys whose values are free text, taken as typed
+    cli.run(_main, free_text=("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir"),
+            help=train_help)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ import re
 from importlib import resources
 from typing import Any, Optional
 
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
 from gptlab.config import DEFAULT_OPTIONS
 
 FIELD_LINE = re.compile(r"^\s+(\w+):[^=]*=\s*(.*?)\s*(?:#\s*(.*))?$")
@@ -57,45 +61,80 @@ def _first_comment(text: str) -> str:
     return ""
 
 
-def group_lines(groups: list[str], defaults: dict[str, Optional[str]]) -> list[str]:
+def train_groups() -> dict[str, tuple[Optional[str], list[str]]]:
+    """Each group of conf/train.yaml: its default option and every option it has, as Hydra finds them."""
+    with initialize_config_module("gptlab.conf", version_base="1.3"):
+        choices = compose("train", return_hydra_config=True).hydra.runtime.choices
+        loader = GlobalHydra.instance().config_loader()
+        # (Hydra lists them last to first)
+        return {g: (c, loader.get_group_options(g)) for g, c in reversed(choices.items()) if not g.startswith("hydra")}
+
+
+def about(group: str, option: str) -> str:
+    """An option's one-line description: the first comment of its file, or its spec's docstring."""
+    spec = DEFAULT_OPTIONS.get((group, option))
+    if spec is not None:
+        return (inspect.getdoc(spec) or "").split("\n\n")[0].replace("\n", " ")
+    text = (resources.files("gptlab.conf") / group / f"{option}.yaml").read_text(encoding="utf-8")
+    return next((ln.lstrip("# ").rstrip() for ln in text.splitlines() if ln.startswith("#")
+                 and not ln.startswith("# @package")), "")
+
+
+def group_lines(groups: dict[str, tuple[Optional[str], list[str]]]) -> list[str]:
     """One line per option of each group, the default marked with *."""
-    conf = resources.files("gptlab.conf")
     lines = []
-    for group in groups:
-        options: dict[str, str] = {}
-        for (g, name), spec in DEFAULT_OPTIONS.items():
-            if g == group:
-                options[name] = (inspect.getdoc(spec) or "").split("\n\n")[0].replace("\n", " ")
-        folder = conf / group
-        if folder.is_dir():
-            for f in folder.iterdir():
-                if f.name.endswith(".yaml"):
-                    options[f.name[:-5]] = _first_comment(f.read_text(encoding="utf-8"))
-        lines.append(f"  {group}:" + ("" if defaults.get(group) else "  (none by default)"))
-        for name in sorted(options):
-            mark = "*" if defaults.get(group) == name else " "
-            about = options[name] if len(options[name]) <= 90 else options[name][:89].rstrip() + "…"
-            lines.append(f"   {mark}{group}={name}".ljust(34) + f"  {about}".rstrip())
+    for group, (default, options) in groups.items():
+        lines.append(f"  {group}:" + ("" if default else "  (none by default)"))
+        for name in options:
+            text = about(group, name)
+            text = text if len(text) <= 90 else text[:89].rstrip() + "…"
+            lines.append(f"   {'*' if default == name else ' '}{group}={name}".ljust(34) + f"  {text}".rstrip())
     return lines
 
 
-def train_defaults() -> dict[str, Optional[str]]:
-    """The group choices of conf/train.yaml's defaults list."""
-    import yaml
+def group_help(group: str) -> str:
+    """`--help GROUP`: what each option of a group sets, key by key (a recipe: the keys it changes)."""
+    from gptlab.start import flat
 
-    text = (resources.files("gptlab.conf") / "train.yaml").read_text(encoding="utf-8")
-    return {k: v for entry in yaml.safe_load(text)["defaults"] if isinstance(entry, dict) for k, v in entry.items()}
+    groups = train_groups()
+    if group not in groups:
+        return f"error: no group {group!r}: one of {', '.join(groups)}"
+    default, options = groups[group]
+    with initialize_config_module("gptlab.conf", version_base="1.3"):
+        base = flat(OmegaConf.to_container(compose("train")))
+        out = []
+        for option in options:
+            cfg = flat(OmegaConf.to_container(compose("train", [f"{group}={option}"])))
+            keys = {k: v for k, v in cfg.items() if k.startswith(f"{group}.") or base.get(k, object()) != v}
+            out.append(f"{group}={option}{'  (the default)' if option == default else ''}: {about(group, option)}")
+            out += [f"  {k}={v}" for k, v in keys.items()] + [""]
+    return "\n".join(out).rstrip()
 
 
-def entry_help(title: str, usage: str, spec: type, groups: list[str] = (), defaults: Optional[dict] = None,
-               skip: tuple[str, ...] = (), notes: str = "") -> str:
+def entry_help(title: str, usage: str, spec: type, groups: Optional[dict] = None, skip: tuple[str, ...] = (),
+               notes: str = "") -> str:
     parts = [f"{title}\n\nusage: {{command}} {usage}\n"]
     if groups:
-        parts.append("groups (pick one option; * the default):")
-        parts += group_lines(list(groups), defaults or {})
+        parts.append("groups (pick one option; * the default; --help GROUP: what each option sets):")
+        parts += group_lines(groups)
         parts.append("")
     parts.append("settings (key=default):")
     parts += settings_lines(spec, skip=skip)
     if notes:
         parts.append("\n" + notes)
     return "\n".join(parts)
+
+
+def train_help(group: Optional[str] = None) -> str:
+    """gptlab train --help [GROUP]."""
+    from gptlab.config import TrainConfig
+
+    if group:
+        return group_help(group)
+    groups = train_groups()
+    return entry_help(
+        "Train a GPT; every run gets a folder under outputs/ with checkpoints and TensorBoard logs.",
+        "[group=option ...] [key=value ...]   (-m: a sweep over comma-separated values)", TrainConfig,
+        groups, skip=tuple(groups),
+        notes="Any key of a group is set the same way (model.n_layer=4, optim.lr=3e-4, trainer.max_steps=500);\n"
+              "every key with its value: {command} --cfg job. Paths (data.path=, ckpt_path=) are taken as typed.")

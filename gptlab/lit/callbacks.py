@@ -129,6 +129,11 @@ class TimeBudget(Callback):
         """The monotonic time by which the job must have ended; None without a budget."""
         return None if self.budget_s is None else self.started + self.budget_s
 
+    @staticmethod
+    def of(trainer: L.Trainer) -> Optional[TimeBudget]:
+        """The trainer's time budget; None where it has none."""
+        return next((c for c in trainer.callbacks if isinstance(c, TimeBudget) and c.budget_s is not None), None)  # type: ignore[attr-defined]
+
     def left(self) -> Optional[float]:
         """Seconds of the budget left; None without one."""
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -378,8 +383,7 @@ class LineProgressBar(ProgressBar):
         self._watcher = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)  # type: ignore[attr-defined]
-        self._pace = _Pace(budget if budget is not None and budget.budget_s is not None else None)
+        self._pace = _Pace(TimeBudget.of(trainer))
         compiling = getattr(pl_module, "compile", False)
         self._set_phase("compiling the model and taking the first step" if compiling else "taking the first step")
 

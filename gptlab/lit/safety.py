@@ -78,10 +78,13 @@ class Interrupted(BaseException):
     def exit_code(self) -> int:
         return 128 + self.signum
 
-    def report(self, run_dir: str, command: str, time_left: Optional[float] = None) -> str:
+    def report(self, run_dir: str, command: str, time_left: Optional[float] = None, removed: bool = False) -> str:
         """What the person at the terminal needs: where the work is and the command that continues it (with
         the time it had left, for a run with a time budget: each start of a run has a budget of its own)."""
         name = signal.Signals(self.signum).name
+        if self.checkpoint is None and self.step == 0:
+            return f"\ninterrupted by {name} before training began: nothing saved" + \
+                (", its run folder removed" if removed else "")
         if self.checkpoint is None:
             return f"\ninterrupted by {name} at step {self.step}: nothing saved (this run writes no last.ckpt)"
         more = f" trainer.max_time={format_duration(time_left)}" if time_left is not None and time_left >= 1 else ""

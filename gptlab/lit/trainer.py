@@ -6,8 +6,10 @@ clock by the `TimeBudget` callback, not by Lightning's Timer)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
+
+from gptlab.devices import auto_precision, lightning_device
 
 
 def parse_duration(text: str, key: str) -> float:
@@ -94,3 +96,12 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} must be >= 0 (a count, or a fraction up to 1.0), got {value}")
         if self.num_sanity_val_steps < -1:
             raise ValueError(f"trainer.num_sanity_val_steps must be >= -1, got {self.num_sanity_val_steps}")
+
+
+def lightning_settings(spec: TrainerConfig) -> tuple[dict, str]:
+    """lightning.Trainer's arguments for a trainer spec, and why its precision is what it is: precision=auto is
+    decided for the device it trains on; max_time is left to the TimeBudget callback."""
+    precision, why = str(spec.precision), ""
+    if precision == "auto":
+        precision, why = auto_precision(lightning_device(spec.accelerator))
+    return {**asdict(spec), "precision": precision, "max_time": None}, why

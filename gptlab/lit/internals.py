@@ -1,6 +1,6 @@
 """The one place gptlab reads Lightning's private internals, for what Lightning has no public API for.
 
-Lightning is pinned to the versions this was tested with (pyproject.toml); tests/test_internals.py fails
+Lightning is pinned to the versions this was tested with (pyproject.toml); tests/test_top_floor.py fails
 loudly when an upgrade moves what is read here.
 """
 

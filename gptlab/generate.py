@@ -66,7 +66,6 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    from gptlab.config import GenerateConfig
     from gptlab.usage import entry_help
 
     help_text = entry_help(

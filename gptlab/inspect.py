@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,21 +18,13 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gptlab import checkpoint, cli
+from gptlab import checkpoint, cli, generate
 from gptlab.config import register_configs, to_spec
 from gptlab.devices import pick_device
 from gptlab.errors import GptlabError
 from gptlab.rundir import RunDir
-from gptlab.viz import (
-    attention_maps,
-    causal_leak,
-    format_summary,
-    head_summary,
-    save_html,
-    save_png,
-    token_labels,
-    top_predictions,
-)
+from gptlab.viz import (attention_maps, causal_leak, format_summary, head_summary, save_html, save_png, shorten,
+                        token_labels, top_predictions)
 
 VIZ_EXTRA = 'pip install -e ".[viz]"'
 
@@ -51,21 +42,6 @@ class InspectConfig:
 
 register_configs()
 ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)
-
-
-def prompt_text(cfg: InspectConfig) -> str:
-    if cfg.prompt_file == "-":
-        text = sys.stdin.read()
-    elif cfg.prompt_file:
-        p = Path(cfg.prompt_file).expanduser()
-        if not p.is_file():
-            raise GptlabError(f"prompt_file {p} does not exist")
-        text = p.read_text(encoding="utf-8")
-    else:
-        text = cfg.prompt
-    if not text:
-        raise GptlabError("the prompt is empty: give prompt=TEXT (or --prompt TEXT, prompt_file=FILE)")
-    return text
 
 
 def out_folder(cfg: InspectConfig, ckpt: Path) -> Path:
@@ -95,15 +71,12 @@ def has_matplotlib() -> bool:
     return True
 
 
-def _shorten(text: str, n: int = 40) -> str:
-    one_line = " ".join(text.split())
-    return one_line if len(one_line) <= n else one_line[: n - 1] + "…"
-
-
 def run(node: DictConfig) -> dict[str, Optional[Path]]:
     """Write the maps for cfg.prompt and print the summary; returns the paths written ("png": None when skipped)."""
     cfg = to_spec(InspectConfig, node, "inspect")
-    text = prompt_text(cfg)
+    text = generate.prompt_text(cfg)  # type: ignore[arg-type]  # the same prompt, prompt_file fields
+    if not text:
+        raise GptlabError("the prompt is empty: give prompt=TEXT (or --prompt TEXT, prompt_file=FILE)")
     device = pick_device(cfg.device)
     loaded = checkpoint.load(cfg.ckpt_path, device=device)
     model, tok = loaded.model, loaded.tokenizer
@@ -120,7 +93,7 @@ def run(node: DictConfig) -> dict[str, Optional[Path]]:
     print(f"prompt      {len(ids)} {tok.kind} tokens: {' '.join(labels)}")
     print(format_summary(head_summary(maps), leak))
     stem = file_stem(loaded.path, text)
-    title = f"“{_shorten(text)}”  ({loaded.path.name}, step {loaded.step})"
+    title = f"“{shorten(' '.join(text.split()), 40)}”  ({loaded.path.name}, step {loaded.step})"
     written: dict[str, Optional[Path]] = {"png": None}
     if has_matplotlib():
         written["png"] = save_png(maps, labels, folder / f"{stem}.png", title=title)

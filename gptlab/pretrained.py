@@ -14,7 +14,7 @@ from typing import Union
 
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
-from gptlab.model.hf_gpt2 import load_hf_folder
+from gptlab.model.hf_gpt2 import gpt_from_hf_folder
 from gptlab.rundir import RunDir
 from gptlab.tokenizers import ByteLevelBPE
 
@@ -55,13 +55,12 @@ def folder(source: Union[str, Path]) -> Path:
 def load(source: Union[str, Path]) -> tuple[GPT, ByteLevelBPE, Path]:
     """The GPT (weights loaded, eval mode) and GPT-2's tokenizer of a pretrained source, and its folder."""
     path = folder(source)
-    config, state = load_hf_folder(path)
+    model = gpt_from_hf_folder(path)
     if not ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
         raise GptlabError(f"{path} has no vocab.json and merges.txt: GPT-2's tokenizer is needed beside the weights")
     tokenizer = ByteLevelBPE.from_vocab_merges(path / "vocab.json", path / "merges.txt")
-    if tokenizer.vocab_size > (config.vocab_size or 0):
+    if tokenizer.vocab_size > (model.config.vocab_size or 0):
         raise GptlabError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
-                          f"vocab_size={config.vocab_size}")
-    model = GPT(config)
-    model.load_state_dict(state)
-    return model.eval(), tokenizer, path
+                          f"vocab_size={model.config.vocab_size}")
+    return model, tokenizer, path
+

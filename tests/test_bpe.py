@@ -129,18 +129,6 @@ def test_small_pieces_encode_as_the_whole(small_tok, monkeypatch):
     assert fresh.encode_array(text).tolist() == whole
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(alphabet=st.sampled_from("aab ée1'\n中👍"), max_size=400))
-def test_long_chunk_merging_equals_short(small_tok, monkeypatch, text):
-    """The heap-based merge of long chunks gives what the rescanning loop gives."""
-    with monkeypatch.context() as m:
-        m.setattr(bpe, "_LONG_CHUNK", 1 << 30)
-        short = ByteLevelBPE.from_dict(small_tok.to_dict()).encode(text)
-        m.setattr(bpe, "_LONG_CHUNK", 0)
-        long = ByteLevelBPE.from_dict(small_tok.to_dict()).encode(text)
-    assert short == long
-
-
 # --- determinism, saving, loading ---------------------------------------------------------------------
 
 

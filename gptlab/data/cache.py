@@ -76,15 +76,8 @@ class TokenFiles:
         return self.meta["val"]["tokens"] / self.meta["val"]["chars"]
 
 
-def prepare_tokens(
-    corpus: Union[str, Corpus],
-    name: str,
-    tokenizer: Union[dict, Tokenizer],
-    val_fraction: float,
-    cache_dir: Path,
-    log: Callable[[str], None] = print,
-    num_proc: Optional[int] = None,
-) -> Path:
+def prepare_tokens(corpus: Union[str, Corpus], name: str, tokenizer: Union[dict, Tokenizer], val_fraction: float,
+                   cache_dir: Path, log: Callable[[str], None] = print, num_proc: Optional[int] = None) -> Path:
     """Return the cache entry for this corpus and tokenizer, building it first (or finishing it) if needed.
 
     corpus: a Corpus (data/corpus.py), or a text in memory. tokenizer: settings (a dict with "kind") to
@@ -114,16 +107,9 @@ def prepare_tokens(
     log(f"tokenizing {corpus.description} ({corpus.size / 1e6:,.1f} MB; {split}) with a {tok.kind} tokenizer of "
         f"{tok.vocab_size:,} tokens: {len(plan.units)} unit(s), {processes(plan.units, num_proc)} process(es) -> {d}")
     counts = run_units(job, num_proc)
-    meta = {
-        "version": CACHE_VERSION,
-        "name": name,
-        "dtype": job.dtype,
-        "tokenizer": job.tokenizer.to_dict(),
-        "val_fraction": val_fraction,
-        "fingerprint": fingerprint,
-        "split_by": plan.split_by,
-        "documents": plan.documents,
-    }
+    meta = {"version": CACHE_VERSION, "name": name, "dtype": job.dtype, "tokenizer": job.tokenizer.to_dict(),
+            "val_fraction": val_fraction, "fingerprint": fingerprint, "split_by": plan.split_by,
+            "documents": plan.documents}
     for split in SPLITS:
         units = [(u.index, counts[u.index][split]) for u in plan.units]
         meta[split] = {

@@ -48,12 +48,9 @@ class DataConfig:
         "num_proc", "batch_size", "val_batch_size", "num_workers", "prepare_data_per_node", "overflow", "loss_on")
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise DataError(f"data.kind={self.kind} is not one of {', '.join(KINDS)}")
-        if self.overflow not in ("truncate", "drop"):
-            raise DataError(f"data.overflow={self.overflow} is not one of truncate, drop")
-        if self.loss_on not in ("answers", "all"):
-            raise DataError(f"data.loss_on={self.loss_on} is not one of answers, all")
+        for name, allowed in (("kind", KINDS), ("overflow", ("truncate", "drop")), ("loss_on", ("answers", "all"))):
+            if getattr(self, name) not in allowed:
+                raise DataError(f"data.{name}={getattr(self, name)} is not one of {', '.join(allowed)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         for name in ("batch_size", "val_batch_size"):
@@ -77,15 +74,8 @@ class TextDataModule(L.LightningDataModule):
     ready token shards.
     """
 
-    def __init__(
-        self,
-        config: DataConfig,
-        tokenizer: Union[dict, Tokenizer],
-        block_size: int,
-        seed: int,
-        cache_dir: Union[str, Path],
-        data_dir: Optional[str] = None,
-    ) -> None:
+    def __init__(self, config: DataConfig, tokenizer: Union[dict, Tokenizer], block_size: int, seed: int,
+                 cache_dir: Union[str, Path], data_dir: Optional[str] = None) -> None:
         super().__init__()
         self.config = config
         self.tokenizer_spec = tokenizer  # settings to train one, or a ready tokenizer (a checkpoint's)

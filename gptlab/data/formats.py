@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from gptlab.data.corpus import Corpus, Input
-from gptlab.data.sources import DataError
+from gptlab.data.sources import DataError, decode
 
 SAFE_CUT = re.compile(r"[\x21-\x7e](?=[\n ])")
 SAFE_CUT_BYTES = re.compile(rb"[\x21-\x7e](?=[\n ])")
@@ -65,17 +65,6 @@ def _read_bytes(path: str, start: int, stop: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(start)
         return f.read(stop - start)
-
-
-def decode(data: bytes, path: str, offset: int) -> str:
-    """UTF-8 or one line saying where it is not; offset: where data starts in the file."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start}): "
-            "convert it first, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`"
-        ) from None
 
 
 def _read_text(inp: Input, seg: Segment) -> str:

@@ -42,15 +42,6 @@ class TokenShards:
             return self.arrays[k][i - self.offsets[k]]
         return self._gather(np.asarray(key))
 
-    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """Rows tokens[s : s + length] for each start s, (len(starts), length): one slice per row."""
-        if len(self.arrays) == 1:
-            return self.arrays[0][starts[:, None] + np.arange(length)]
-        out = np.empty((len(starts), length), dtype=self.dtype)
-        for row, start in enumerate(starts.tolist()):
-            out[row] = self._read(start, length)
-        return out
-
     def _read(self, start: int, length: int) -> np.ndarray:
         """tokens[start : start + length], reading only the shards it touches."""
         out, k = [], int(np.searchsorted(self.offsets, start, side="right")) - 1
@@ -78,5 +69,3 @@ class TokenShards:
         self.paths, self.dtype = state["paths"], np.dtype(state["dtype"])
         self._open()
 
-    def __repr__(self) -> str:
-        return f"TokenShards({len(self):,} tokens of {self.dtype.name} in {len(self.paths)} files)"

@@ -121,14 +121,18 @@ def read_text(path: Path) -> str:
 
 
 def _read_one(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
-            "convert it first, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`"
-        ) from None
+    text = decode(path.read_bytes(), str(path), 0)
     if not text.strip():
         raise DataError(f"{path} is empty: give it some text to train on")
     return text.lstrip("\ufeff")  # a byte-order mark is not part of the text
+
+
+def decode(data: bytes, path: str, offset: int) -> str:
+    """UTF-8 or one line saying where it is not; offset: where data starts in the file."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start}): "
+            "convert it first, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`"
+        ) from None

@@ -9,16 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from gptlab.data.shards import TokenShards
-
 
 def gather(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows tokens[s : s + block_size + 1] for each start s -> x (B, T), y (B, T), int64."""
-    if isinstance(tokens, TokenShards):
-        rows = tokens.windows(starts, block_size + 1)
-    else:
-        rows = tokens[starts[:, None] + np.arange(block_size + 1)]
-    w = torch.from_numpy(rows.astype(np.int64))
+    w = torch.from_numpy(tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
     return w[:, :-1], w[:, 1:]
 
 

@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from gptlab import checkpoint
 from gptlab.errors import GptlabError
-from gptlab.lit.optim import build_optimizer, clip_gradients
+from gptlab.lit.optim import build_optimizer
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, add_tokens, param_groups
 from gptlab.tokenizers import Tokenizer
@@ -28,17 +28,10 @@ class GPTLitModule(L.LightningModule):
     spec, the tokenizer and the run's config, so the file alone rebuilds the model and resumes the run.
     """
 
-    def __init__(
-        self,
-        model: GPTConfig,
-        optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
-        scheduler: Optional[Callable[[], WarmupCosine]] = None,
-        compile: bool = False,
-        tokenizer: Optional[Tokenizer] = None,
-        run_config: Optional[dict] = None,
-        val_tokens_per_char: float = 1.0,
-        gpt: Optional[GPT] = None,
-    ) -> None:
+    def __init__(self, model: GPTConfig, optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
+                 scheduler: Optional[Callable[[], WarmupCosine]] = None, compile: bool = False,
+                 tokenizer: Optional[Tokenizer] = None, run_config: Optional[dict] = None,
+                 val_tokens_per_char: float = 1.0, gpt: Optional[GPT] = None) -> None:
         super().__init__()
         self.config = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -125,8 +118,10 @@ class GPTLitModule(L.LightningModule):
             return
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:  # 16-mixed: Lightning unscales first
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        else:
-            clip_gradients(self.parameters(), gradient_clip_val, gradient_clip_algorithm)
+        else:  # not Lightning's plugin: it refuses fused AdamW even under bf16-mixed, with nothing to unscale
+            nn_utils = torch.nn.utils
+            clip = nn_utils.clip_grad_value_ if gradient_clip_algorithm == "value" else nn_utils.clip_grad_norm_
+            clip(self.parameters(), gradient_clip_val)
 
     def on_save_checkpoint(self, ckpt: dict) -> None:
         assert self.model is not None and self.tokenizer is not None

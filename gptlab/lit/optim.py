@@ -4,7 +4,7 @@ that the LightningModule calls with the parameter groups)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -43,11 +43,3 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params: list[
         return factory(params, fused=True)
     return factory(params)
 
-
-def clip_gradients(parameters: Iterable[torch.nn.Parameter], value: float, algorithm: Optional[str]) -> None:
-    """Gradient clipping done here rather than by Lightning's precision plugin, which refuses any optimizer
-    that unscales gradients itself (fused AdamW) even under bf16-mixed, where there is nothing to unscale."""
-    if algorithm == "value":
-        torch.nn.utils.clip_grad_value_(parameters, value)
-    else:
-        torch.nn.utils.clip_grad_norm_(parameters, value)

@@ -79,23 +79,18 @@ class TrainerConfig:
             parse_duration(self.max_time, "trainer.max_time")
         if self.max_steps == -1 and self.max_time is None and not self.fast_dev_run:
             raise ValueError("trainer.max_steps=-1 runs for ever: set trainer.max_time=DD:HH:MM:SS or a step budget")
-        for name in ("accumulate_grad_batches", "log_every_n_steps", "num_nodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
-            raise ValueError(f"trainer.gradient_clip_val must be >= 0 (or null), got {self.gradient_clip_val}")
-        if self.max_epochs < -1:
-            raise ValueError(f"trainer.max_epochs must be >= -1 (-1: no limit), got {self.max_epochs}")
-        if self.check_val_every_n_epoch is not None and self.check_val_every_n_epoch < 1:
-            raise ValueError(f"trainer.check_val_every_n_epoch must be >= 1 (or null), got {self.check_val_every_n_epoch}")
+        for name, low, note in (("accumulate_grad_batches", 1, ""), ("log_every_n_steps", 1, ""), ("num_nodes", 1, ""),
+                                ("gradient_clip_val", 0, " (or null)"), ("max_epochs", -1, " (-1: no limit)"),
+                                ("check_val_every_n_epoch", 1, " (or null)"), ("num_sanity_val_steps", -1, "")):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"trainer.{name} must be >= {low}{note}, got {value}")
         if _number(self.val_check_interval) and self.val_check_interval <= 0:
             raise ValueError(f"trainer.val_check_interval must be > 0, got {self.val_check_interval}")
         for name in ("limit_val_batches", "limit_train_batches", "overfit_batches"):
             value = getattr(self, name)
             if _number(value) and value < 0:
                 raise ValueError(f"trainer.{name} must be >= 0 (a count, or a fraction up to 1.0), got {value}")
-        if self.num_sanity_val_steps < -1:
-            raise ValueError(f"trainer.num_sanity_val_steps must be >= -1, got {self.num_sanity_val_steps}")
 
 
 def lightning_settings(spec: TrainerConfig) -> tuple[dict, str]:

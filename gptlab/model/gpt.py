@@ -90,19 +90,12 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: Optional[KVCache] = None  # set by GPT.setup_caches, for generation
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        input_pos: Optional[torch.Tensor] = None,
-        mask: Optional[torch.Tensor] = None,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         # (B, T, C) -> (B, nh, T, hs): each head attends independently
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if input_pos is not None:  # generation: store the new keys and values, attend over the whole cache
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, L, hs)
 
@@ -158,13 +151,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        input_pos: Optional[torch.Tensor] = None,
-        mask: Optional[torch.Tensor] = None,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.pre_norm:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
             a, w = self.attn(self.ln_1(x), input_pos, mask, need_weights)
             x = x + a

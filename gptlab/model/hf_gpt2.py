@@ -167,7 +167,7 @@ def check_exportable(config: GPTConfig) -> None:
     # bias=False exports as zero biases and tie_weights=False as a separate lm_head.weight: both exact
 
 
-def config_to_hf(config: GPTConfig, eos_token_id: Optional[int] = None, bos_token_id: Optional[int] = None) -> dict:
+def config_to_hf(config: GPTConfig, eos_token_id: Optional[int] = None) -> dict:
     """The config.json of a GPT2LMHeadModel with the same architecture."""
     check_exportable(config)
     return {
@@ -180,19 +180,13 @@ def config_to_hf(config: GPTConfig, eos_token_id: Optional[int] = None, bos_toke
         "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
         **FIXED_FLAGS,
         "tie_word_embeddings": config.tie_weights,
-        "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+        "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
     }
 
 
-def state_dict_to_hf(sd: dict[str, torch.Tensor], tie_weights: Optional[bool] = None) -> dict[str, torch.Tensor]:
-    """gptlab weights as GPT2LMHeadModel saves them: Conv1D layout, zero biases where gptlab has none.
-
-    tie_weights None: tied when lm_head.weight is absent or shares the embedding's storage. A tied head is
-    left out, as save_pretrained does (GPT2LMHeadModel ties it again on load).
-    """
-    wte, head = sd["transformer.wte.weight"], sd.get("lm_head.weight")
-    if tie_weights is None:
-        tie_weights = head is None or head.data_ptr() == wte.data_ptr()
+def state_dict_to_hf(sd: dict[str, torch.Tensor], tie_weights: bool) -> dict[str, torch.Tensor]:
+    """gptlab weights as GPT2LMHeadModel saves them: Conv1D layout, zero biases where gptlab has none, a tied
+    head left out (as save_pretrained does; GPT2LMHeadModel ties it again on load)."""
     out = {}
     for key, t in sd.items():
         if key == "lm_head.weight" and tie_weights:
@@ -206,23 +200,20 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], tie_weights: Optional[bool] = 
     return out
 
 
-def save_hf_folder(
-    model: GPT, out_dir: PathLike, tokenizer_files: Optional[dict[str, Union[str, bytes]]] = None,
-    eos_token_id: Optional[int] = None, bos_token_id: Optional[int] = None,
-) -> Path:
+def save_hf_folder(model: GPT, out_dir: PathLike, tokenizer_files: Optional[dict[str, str]] = None,
+                   eos_token_id: Optional[int] = None) -> Path:
     """Write a folder that AutoModelForCausalLM.from_pretrained loads: config.json, model.safetensors,
-    generation_config.json and the tokenizer files given. bos defaults to eos, as in GPT-2."""
+    generation_config.json and the tokenizer files given. bos is eos, as in GPT-2."""
     check_exportable(model.config)  # before anything touches the disk
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise GptlabError(f"{out} already exists and is not empty: choose a new folder or delete it")
     safetensors = _safetensors()
-    bos_token_id = eos_token_id if bos_token_id is None else bos_token_id
     sd = state_dict_to_hf(model.state_dict(), model.config.tie_weights)
-    hf_config = config_to_hf(model.config, eos_token_id, bos_token_id)
+    hf_config = config_to_hf(model.config, eos_token_id)
     hf_config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    generation = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
-    files: dict[str, Union[str, bytes]] = {
+    generation = {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
+    files = {
         **(tokenizer_files or {}),  # first: the model's own files below win over same-named ones
         "config.json": json.dumps(hf_config, indent=2) + "\n",
         "generation_config.json": json.dumps(generation, indent=2) + "\n",
@@ -233,7 +224,7 @@ def save_hf_folder(
     try:
         safetensors.save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, content in files.items():
-            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+            (tmp / name).write_bytes(content.encode("utf-8"))
         umask = os.umask(0)
         os.umask(umask)
         for f in tmp.iterdir():  # as readable as any file the user writes (safetensors writes them private)

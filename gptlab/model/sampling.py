@@ -7,8 +7,9 @@ end-of-run sample all call it, so they treat prompts, end-of-text and padded voc
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -33,16 +34,12 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        check_sampling(self.temperature, self.top_k, self.top_p)
-
-
-def check_sampling(temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or null to keep every token), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {top_p}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (or null to keep every token), got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {self.top_p}")
 
 
 def prompt_ids(tokenizer: "Tokenizer", prompt: str) -> list[int]:
@@ -55,16 +52,9 @@ def prompt_ids(tokenizer: "Tokenizer", prompt: str) -> list[int]:
     return ids
 
 
-def complete(
-    model: GPT,
-    tokenizer: "Tokenizer",
-    prompt: Union[str, Sequence[int], Sequence[Sequence[int]]],
-    sampling: SamplingConfig = SamplingConfig(),
-    num_samples: int = 1,
-    seed: int = SEED,
-    on_text: Optional[Callable[[str], None]] = None,
-    stop_token: Optional[int] = None,
-) -> list[str]:
+def complete(model: GPT, tokenizer: "Tokenizer", prompt: Union[str, Sequence[int], Sequence[Sequence[int]]],
+             sampling: SamplingConfig = SamplingConfig(), num_samples: int = 1, seed: int = SEED,
+             on_text: Optional[Callable[[str], None]] = None, stop_token: Optional[int] = None) -> list[str]:
     """Continue `prompt` num_samples times (one batch); return each continuation (without the prompt),
     cut at the stop token (default: the tokenizer's end-of-text). on_text: called with each new piece of
     text of the first sample as it is generated (whole characters only), for streaming.
@@ -129,13 +119,8 @@ def filter_logits(logits: torch.Tensor, top_k: Optional[int] = None, top_p: Opti
     return logits
 
 
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Pick the next token of each row. logits: (B, V) -> (B, 1)."""
     logits = logits.float()  # softmax is more accurate in fp32, and a bf16 argmax is slow on CPUs
     if temperature == 0:
@@ -156,21 +141,22 @@ def compiled_decode_one(mode: str) -> Callable[[GPT, torch.Tensor, torch.Tensor]
     return torch.compile(decode_one, mode=mode, fullgraph=True)
 
 
-@torch.no_grad()
-def generate(
-    model: GPT,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
-    use_cache: bool = True,
-    stop_token: Optional[int] = None,
-    on_token: Optional[Callable[[torch.Tensor], None]] = None,
-    vocab_size: Optional[int] = None,
-    compile: Optional[bool] = None,
-) -> torch.Tensor:
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd for the duration; the model's mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, generator: Optional[torch.Generator] = None, use_cache: bool = True,
+             stop_token: Optional[int] = None, on_token: Optional[Callable[[torch.Tensor], None]] = None,
+             vocab_size: Optional[int] = None, compile: Optional[bool] = None) -> torch.Tensor:
     """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n), on the model's device.
 
     The model reads a window of at most block_size tokens. Without a cache it re-reads the whole window
@@ -196,9 +182,7 @@ def generate(
     done = torch.zeros(B, dtype=torch.bool, device=device)
     t, start = T, max(0, T - block)  # the model reads the window out[:, start:t]
     input_pos: Optional[torch.Tensor] = None  # where the cache's next token goes; None: (re)read the window
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         if use_cache and max_new_tokens > 0:
             model.setup_caches(B, min(block, T + max_new_tokens))
         for i in range(max_new_tokens):
@@ -225,6 +209,4 @@ def generate(
                 first_stop = (out[:, T:t] == stop_token).int().argmax(dim=1)  # (B,)
                 t = T + int(first_stop.max()) + 1  # where the last row stopped
                 break
-    finally:
-        model.train(was_training)
     return out[:, :t]

@@ -1,27 +1,14 @@
 """Byte-level BPE (byte-pair encoding), as in GPT-2: trained on the user's corpus, or loaded from GPT-2 files.
 
-How text becomes tokens, in three steps:
-
-1. Pre-tokenization. The text is cut into chunks with GPT-2's split rule (see `GPT2_SPLIT_PATTERN`):
-   English contractions ('s 't 're 've 'm 'll 'd), runs of letters, runs of numbers and runs of anything
-   else, each of these three optionally led by one space, and runs of whitespace. Merges never cross a
-   chunk boundary, so a token never spans two words.
-2. Bytes. Each chunk is turned into its UTF-8 bytes; the 256 single bytes are the base vocabulary, so any
-   text (and any byte string) can be encoded, and nothing is ever "unknown".
-3. Merges. A ranked list of merges, each "the pair of tokens (a, b) becomes the token ab", is applied to
-   the chunk's tokens: always the lowest-ranked pair present, every occurrence of it from left to right,
-   until no pair of neighbours has a merge. The result is exactly that of GPT-2's reference `bpe()`.
-
-Special tokens (such as "<|endoftext|>") sit outside this: they have their own ids, and `encode` only
-recognises them in the text when it is told to (see `ByteLevelBPE.encode`).
-
-Training (`ByteLevelBPE.train`) learns the merges: count every pair of neighbouring tokens over the
-distinct chunks of the corpus (each weighted by how often the chunk occurs), merge the most frequent pair,
-update the counts, and repeat until the vocabulary is full.
-
-Saved form: `to_dict()` writes tokens as readable strings through GPT-2's byte-to-character table
-(`bytes_to_unicode`; a space shows as "Ġ", a newline as "Ċ"), the same spelling GPT-2's `vocab.json` and
-`merges.txt` use. `from_vocab_merges` loads that pair of files, with the ids they give.
+Text -> tokens: (1) pre-tokenization cuts the text into chunks by GPT-2's split rule (`GPT2_SPLIT_PATTERN`), and
+no merge crosses a chunk, so a token never spans two words; (2) each chunk becomes its UTF-8 bytes, the 256 base
+tokens, so nothing is ever "unknown"; (3) the ranked merges are applied, the lowest-ranked pair present first,
+every occurrence left to right: exactly GPT-2's reference `bpe()`. Special tokens ("<|endoftext|>") have ids of
+their own and are recognised in text only when asked (`ByteLevelBPE.encode`). Training (`ByteLevelBPE.train`)
+counts neighbouring pairs over the distinct chunks (weighted by their counts), merges the most frequent, updates
+the counts and repeats until the vocabulary is full. Saved form (`to_dict`): tokens spelt through GPT-2's
+byte-to-character table (`bytes_to_unicode`: a space is "Ġ"), as GPT-2's vocab.json and merges.txt spell them
+(`from_vocab_merges` loads that pair, with its ids).
 """
 
 from __future__ import annotations
@@ -33,7 +20,7 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar, Collection, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
@@ -42,16 +29,8 @@ import numpy as np
 
 from gptlab.tokenizers.base import Tokenizer, TokenizerError
 
-__all__ = [
-    "ByteLevelBPE",
-    "EOT",
-    "GPT2_SPLIT_PATTERN",
-    "bytes_to_unicode",
-    "pretokenize",
-    "str_to_token",
-    "text_pieces",
-    "token_to_str",
-]
+__all__ = ["ByteLevelBPE", "EOT", "GPT2_SPLIT_PATTERN", "bytes_to_unicode", "pretokenize", "str_to_token",
+           "text_pieces", "token_to_str"]
 
 EOT = "<|endoftext|>"
 MAX_VOCAB_SIZE = 1 << 16  # ids fit in uint16, which the token cache uses for vocabularies this size
@@ -104,7 +83,6 @@ _SAFE_CUT = re.compile(r"(?<=\S)[\n ]")
 PIECE_CHARS = 1 << 20  # how much text is pre-tokenized at once when counting or encoding big texts
 
 _NO_MERGE = 1 << 62  # the "rank" of a pair that has no merge
-_LONG_CHUNK = 256  # chunks longer than this (in bytes) are merged with a heap, not by rescanning
 _CACHE_LIMIT = 200_000  # chunks remembered by an encoder before it forgets them all and starts again
 
 AllowedSpecial = Union[Literal["all"], str, Collection[str], None]
@@ -231,21 +209,8 @@ def _chunk_bytes(chunk: str) -> bytes:
 # --- applying merges to one chunk ---------------------------------------------------------------------
 
 
-def _merge_pair(ids: list[int], a: int, b: int, new: int) -> list[int]:
-    """Replace every (a, b) in ids, from left to right, by new."""
-    out, i, last = [], 0, len(ids) - 1
-    while i <= last:
-        if i < last and ids[i] == a and ids[i + 1] == b:
-            out.append(new)
-            i += 2
-        else:
-            out.append(ids[i])
-            i += 1
-    return out
-
-
-def _merge_long(ids: list[int], ranks: dict, merged: list[int]) -> list[int]:
-    """The same result as repeated `_merge_pair` with the lowest rank first, in O(n log n) for long chunks.
+def _merge(ids: list[int], ranks: dict, merged: list[int]) -> list[int]:
+    """Apply the merges to one chunk's ids, lowest rank first and, within a rank, left to right: O(n log n).
 
     Tokens form a linked list; a heap holds (rank, position) of every mergeable neighbour pair, so the
     lowest rank comes first and, within a rank, the leftmost. Heap entries whose tokens have changed since
@@ -292,9 +257,8 @@ class ByteLevelBPE(Tokenizer):
     kind = "bpe"
     settings = BPEConfig
 
-    def __init__(
-        self, vocab: Mapping[int, bytes], merges: Sequence[tuple[int, int]], special_tokens: Mapping[str, int] = {}
-    ) -> None:
+    def __init__(self, vocab: Mapping[int, bytes], merges: Sequence[tuple[int, int]],
+                 special_tokens: Mapping[str, int] = {}) -> None:
         ids_of = {data: i for i, data in vocab.items()}
         if len(ids_of) != len(vocab):
             raise TokenizerError("two ids of the vocabulary have the same bytes")
@@ -448,18 +412,7 @@ class ByteLevelBPE(Tokenizer):
 
     def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
         """Apply the merges to one chunk: the lowest-ranked pair present first, all its occurrences."""
-        byte_ids = self._byte_ids
-        ids = [byte_ids[b] for b in _chunk_bytes(chunk)]
-        ranks = self._ranks
-        if len(ids) > _LONG_CHUNK:
-            return tuple(_merge_long(ids, ranks, self._merged))
-        while len(ids) > 1:
-            rank = min(map(ranks.get, zip(ids, ids[1:]), repeat(_NO_MERGE)))
-            if rank == _NO_MERGE:
-                break
-            a, b = self.merges[rank]
-            ids = _merge_pair(ids, a, b, self._merged[rank])
-        return tuple(ids)
+        return tuple(_merge([self._byte_ids[b] for b in _chunk_bytes(chunk)], self._ranks, self._merged))
 
     # -- training
 
@@ -478,14 +431,11 @@ class ByteLevelBPE(Tokenizer):
         show_progress: a progress bar on a terminal (never when stderr is not one).
         """
         spec = BPEConfig(**{"kind": cls.kind, **settings})
-        vocab_size, special_tokens = spec.vocab_size, spec.special_tokens
-        min_frequency, show_progress = spec.min_frequency, spec.show_progress
-        special_tokens = list(special_tokens or ())
+        special_tokens = list(spec.special_tokens or ())
         if len(set(special_tokens)) != len(special_tokens):
             raise TokenizerError(f"special tokens repeat: {special_tokens}")
-        smallest = 256 + len(special_tokens)  # BPEConfig checked that vocab_size leaves room for them
-        chunk_counts = count_chunks(text, special_tokens)
-        merges = learn_merges(chunk_counts, vocab_size - smallest, min_frequency, show_progress)
+        n_merges = spec.vocab_size - 256 - len(special_tokens)  # BPEConfig checked that this leaves room for them
+        merges = learn_merges(count_chunks(text, special_tokens), n_merges, spec.min_frequency, spec.show_progress)
         vocab = {b: bytes([b]) for b in range(256)}
         for a, b in merges:
             vocab[len(vocab)] = vocab[a] + vocab[b]
@@ -520,9 +470,8 @@ class ByteLevelBPE(Tokenizer):
         return cls._from_strings(d["vocab"], d["merges"], d.get("special_tokens", {}))
 
     @classmethod
-    def _from_strings(
-        cls, vocab: Mapping[str, int], merges: Iterable[str], special_tokens: Mapping[str, int]
-    ) -> "ByteLevelBPE":
+    def _from_strings(cls, vocab: Mapping[str, int], merges: Iterable[str],
+                      special_tokens: Mapping[str, int]) -> "ByteLevelBPE":
         """Build from GPT-2 spelt tokens: vocab string -> id, merges "left right", specials text -> id."""
         ids = {token: int(i) for token, i in vocab.items() if token not in special_tokens}
         pairs = []
@@ -541,12 +490,8 @@ class ByteLevelBPE(Tokenizer):
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     @classmethod
-    def from_vocab_merges(
-        cls,
-        vocab_json_path: Union[str, PathLike],
-        merges_txt_path: Union[str, PathLike],
-        special_tokens: Optional[Sequence[str]] = None,
-    ) -> "ByteLevelBPE":
+    def from_vocab_merges(cls, vocab_json_path: Union[str, PathLike], merges_txt_path: Union[str, PathLike],
+                          special_tokens: Optional[Sequence[str]] = None) -> "ByteLevelBPE":
         """Load GPT-2's file pair (as also written by Hugging Face's BPE `model.save`), keeping its ids.
 
         special_tokens: the strings to treat as special; each keeps its id from vocab.json, or, if absent
@@ -564,10 +509,6 @@ class ByteLevelBPE(Tokenizer):
             else:
                 specials[s], next_id = next_id, next_id + 1
         return cls._from_strings(vocab, merges, specials)
-
-    def __repr__(self) -> str:
-        specials = list(self.special_tokens)
-        return f"ByteLevelBPE(vocab_size={self.vocab_size}, merges={len(self.merges)}, special_tokens={specials})"
 
 
 # --- training internals ---------------------------------------------------------------------------------

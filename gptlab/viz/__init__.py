@@ -1,30 +1,7 @@
-"""Looking inside a model: attention maps as numbers, pictures (PNG, TensorBoard) and a self-contained HTML page.
+"""Looking inside a model: attention maps as numbers, pictures (PNG, TensorBoard) and a self-contained HTML page."""
 
-Only torch and numpy are needed; matplotlib is imported when a PNG is asked for (the `viz` extra).
-"""
+from gptlab.viz.attention import (attention_maps, causal_leak, format_summary, grid_image, head_summary, layer_images,
+                                  save_html, save_png, shorten, token_labels, top_predictions)
 
-from gptlab.viz.attention import (
-    attention_maps,
-    causal_leak,
-    format_summary,
-    grid_image,
-    head_summary,
-    layer_images,
-    save_html,
-    save_png,
-    token_labels,
-    top_predictions,
-)
-
-__all__ = [
-    "attention_maps",
-    "causal_leak",
-    "format_summary",
-    "grid_image",
-    "head_summary",
-    "layer_images",
-    "save_html",
-    "save_png",
-    "token_labels",
-    "top_predictions",
-]
+__all__ = ["attention_maps", "causal_leak", "format_summary", "grid_image", "head_summary", "layer_images", "save_html",
+           "save_png", "shorten", "token_labels", "top_predictions"]

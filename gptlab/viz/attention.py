@@ -16,14 +16,14 @@ import json
 import math
 import re
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from gptlab.errors import GptlabError
+from gptlab.model.sampling import eval_mode
 
 PathLike = Union[str, Path]
 Predictions = list[list[tuple[str, float]]]
@@ -40,18 +40,6 @@ MOST = 0.5  # a head "mostly" does something when more than half of its mass doe
 # -- the numbers
 
 
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd for the duration; the model's mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _batch(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
     """ids as a (1, T) tensor on the model's device, checked against the model's context."""
     block = model.config.block_size
@@ -66,7 +54,7 @@ def _batch(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
 def attention_maps(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
     """Attention weights of every layer and head for one prompt: (n_layer, n_head, T, T), float32 on CPU."""
     x = _batch(model, ids)
-    with _eval_mode(model):
+    with eval_mode(model):
         maps = model.attention_weights(x)  # one (1, nh, T, T) per layer
     return torch.stack([m[0] for m in maps]).float().cpu()
 
@@ -74,7 +62,7 @@ def attention_maps(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
 def top_predictions(model: torch.nn.Module, ids: Sequence[int], tokenizer, k: int = 5) -> Predictions:
     """For each position, the model's k likeliest next tokens as (label, probability), likeliest first."""
     x = _batch(model, ids)
-    with _eval_mode(model):
+    with eval_mode(model):
         logits, _ = model(x)
     probs, top = logits[0].float().softmax(-1).topk(min(k, logits.size(-1)), dim=-1)
     uniq = sorted(set(top.flatten().tolist()))
@@ -104,10 +92,8 @@ def head_summary(maps: torch.Tensor) -> list[dict]:
     entropy = -(rows * torch.log2(rows.clamp_min(1e-30))).sum(-1).mean(-1)  # 0 log 0 = 0
     first_mass = rows[..., 0].mean(-1)
     # share[d]: weight at offset d (key t-d for query t), summed over the rows and averaged per row
-    share = torch.stack(
-        [maps.double().diagonal(offset=-d, dim1=-2, dim2=-1)[..., start if d == 0 else 0 :].sum(-1) for d in range(T)],
-        dim=-1,
-    ) / (T - start)  # (L, H, T)
+    share = torch.stack([maps.double().diagonal(offset=-d, dim1=-2, dim2=-1)[..., start if d == 0 else 0 :].sum(-1)
+                         for d in range(T)], dim=-1) / (T - start)  # (L, H, T)
     best_share, best = share.max(-1)
     out = []
     for l in range(L):
@@ -120,18 +106,9 @@ def head_summary(maps: torch.Tensor) -> list[dict]:
                 label = "first-token head"
             elif s[0] > MOST:
                 label = "self head"
-            out.append(
-                {
-                    "layer": l,
-                    "head": h,
-                    "entropy_bits": float(entropy[l, h]),
-                    "top_offset": int(best[l, h]),
-                    "top_offset_share": float(best_share[l, h]),
-                    "first_token_mass": float(first_mass[l, h]),
-                    "first_token": bool(first_mass[l, h] > MOST),
-                    "label": label,
-                }
-            )
+            out.append(dict(layer=l, head=h, entropy_bits=float(entropy[l, h]), top_offset=int(best[l, h]),
+                            top_offset_share=float(best_share[l, h]), first_token_mass=float(first_mass[l, h]),
+                            first_token=bool(first_mass[l, h] > MOST), label=label))
     return out
 
 
@@ -141,19 +118,12 @@ def format_summary(summary: list[dict], leak: float) -> str:
     lines = []
     for s in summary:
         where = names.get(s["top_offset"], f"{s['top_offset']} back")
-        lines.append(
-            f"layer {s['layer']} head {s['head']}: entropy {s['entropy_bits']:4.2f} bits, "
-            f"looks most at offset {s['top_offset']} ({where}, {s['top_offset_share']:.0%}), "
-            f"first token {s['first_token_mass']:.0%}"
-            + (f"  <- {s['label']}" if s["label"] else "")
-        )
-    if leak == 0.0:
-        lines.append("causal mask: largest weight above the diagonal = 0 (ok)")
-    else:
-        lines.append(
-            f"CAUSAL MASK BROKEN: largest weight above the diagonal = {leak:.3g} "
-            "(must be exactly 0: tokens are looking at their future)"
-        )
+        lines.append(f"layer {s['layer']} head {s['head']}: entropy {s['entropy_bits']:4.2f} bits, "
+                     f"looks most at offset {s['top_offset']} ({where}, {s['top_offset_share']:.0%}), "
+                     f"first token {s['first_token_mass']:.0%}" + (f"  <- {s['label']}" if s["label"] else ""))
+    lines.append("causal mask: largest weight above the diagonal = 0 (ok)" if leak == 0.0 else
+                 f"CAUSAL MASK BROKEN: largest weight above the diagonal = {leak:.3g} "
+                 "(must be exactly 0: tokens are looking at their future)")
     return "\n".join(lines)
 
 
@@ -201,7 +171,7 @@ def grid_image(maps: torch.Tensor, scale: Optional[int] = None, gap: int = 4) ->
 # -- PNG with labels (matplotlib)
 
 
-def _short(label: str, n: int = 10) -> str:
+def shorten(label: str, n: int = 10) -> str:
     return label if len(label) <= n else label[: n - 1] + "…"
 
 
@@ -222,7 +192,7 @@ def save_png(maps: torch.Tensor, token_labels: Sequence[str], path: PathLike, ti
     norm = PowerNorm(gamma=GAMMA, vmin=0.0, vmax=1.0)
     step = math.ceil(T / 64)  # more than 64 tokens: label every step-th one
     ticks = list(range(0, T, step))
-    names = [_short(token_labels[i]) for i in ticks]
+    names = [shorten(token_labels[i]) for i in ticks]
     font = min(8.0, max(4.0, 0.75 * cell * 72 / len(ticks)))  # points: three quarters of a label's room
     image = None
     for l in range(L):
@@ -302,13 +272,8 @@ def _script_json(data: object) -> str:
     return text
 
 
-def save_html(
-    maps: torch.Tensor,
-    token_labels: Sequence[str],
-    top5: Optional[Predictions],
-    path: PathLike,
-    title: str = "attention",
-) -> Path:
+def save_html(maps: torch.Tensor, token_labels: Sequence[str], top5: Optional[Predictions], path: PathLike,
+              title: str = "attention") -> Path:
     """One HTML file, nothing fetched: pick a layer and head (or the mean over heads), see the map, and
     hover or click a token to see where it looks and what the model predicts after it."""
     L, H, T, _ = maps.shape
@@ -323,12 +288,8 @@ def save_html(
         "gamma": GAMMA,
     }
     strip = "".join(f'<span class="tok" data-i="{i}">{html.escape(t)}</span>' for i, t in enumerate(token_labels))
-    parts = {
-        "TITLE": html.escape(title),
-        "INFO": f"{T} tokens, {L} layers &times; {H} heads",
-        "TOKENS": strip,
-        "DATA": _script_json(data),
-    }
+    parts = {"TITLE": html.escape(title), "INFO": f"{T} tokens, {L} layers &times; {H} heads", "TOKENS": strip,
+             "DATA": _script_json(data)}
     # one pass, so text put in (a prompt holding "__DATA__") is never replaced again
     page = re.sub(r"__(TITLE|INFO|TOKENS|DATA)__", lambda m: parts[m.group(1)], _PAGE)
     path = Path(path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-import hydra
 from omegaconf import DictConfig
 
 from gptlab import checkpoint, cli
@@ -123,22 +122,12 @@ def run(node: DictConfig) -> Optional[str]:
     return answer
 
 
-@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="chat")
-@cli.reports_errors
-def _main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    from gptlab.usage import entry_help
-
-    help_text = entry_help(
-        "Talk to a model fine-tuned on conversations (data=chat); " + HELP + ".",
-        "ckpt_path=RUN_DIR [system=TEXT] [temperature=0] [key=value ...]   (or: echo MESSAGE | {command} ckpt_path=...)",
-        ChatConfig, notes="Messages are taken as typed. Standard input that is not a terminal is one message; "
-                          "the answer alone is printed.")
-    cli.run(_main, free_text=("ckpt_path", "system"), help=help_text)
-
+main = cli.entry(
+    run, "chat", ("ckpt_path", "system"), ChatConfig,
+    "Talk to a model fine-tuned on conversations (data=chat); " + HELP + ".",
+    "ckpt_path=RUN_DIR [system=TEXT] [temperature=0] [key=value ...]   (or: echo MESSAGE | {command} ckpt_path=...)",
+    notes="Messages are taken as typed. Standard input that is not a terminal is one message; the answer alone is "
+          "printed.")
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, NoReturn, Optional, Sequence, TypeVar, Union
 
+import hydra
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -150,6 +151,16 @@ def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
         if wants_traceback:
             raise
         fail(ex)
+
+
+def entry(task: Callable[[DictConfig], object], config_name: str, free_text: Sequence[str], spec: type, title: str,
+          usage: str, notes: str = "") -> Callable[[], None]:
+    """An entry point's main(): `task` run by Hydra on conf/<config_name>.yaml, through `run`, with a --help that
+    lists the settings of `spec`."""
+    from gptlab.usage import entry_help
+
+    hydra_main = hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)
+    return lambda: run(hydra_main(reports_errors(task)), free_text, lambda _: entry_help(title, usage, spec, notes=notes))
 
 
 def fail(ex: BaseException) -> NoReturn:

@@ -17,7 +17,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -37,6 +36,7 @@ cli.quiet_lightning()
 
 
 def run(node: DictConfig) -> dict:
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners around the table
     cfg = to_spec(EvalConfig, node, "eval")
     device = pick_device(cfg.device)
     loaded = checkpoint.load(cfg.ckpt_path)
@@ -188,20 +188,9 @@ def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:
     return dm
 
 
-@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="eval")
-@cli.reports_errors
-def _main(cfg: DictConfig) -> float:
-    return run(cfg)["loss"]
-
-
-def main() -> None:
-    from gptlab.usage import entry_help
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners around the table
-    help_text = entry_help("Loss, perplexity and bits per character of a trained model.",
-                           "ckpt_path=RUN_DIR [data.path=TEXT_FILE] [key=value ...]", EvalConfig)
-    cli.run(_main, free_text=("ckpt_path", "data.path", "paths.data_dir", "paths.cache_dir"), help=help_text)
-
+main = cli.entry(run, "eval", ("ckpt_path", "data.path", "paths.data_dir", "paths.cache_dir"), EvalConfig,
+                 "Loss, perplexity and bits per character of a trained model.",
+                 "ckpt_path=RUN_DIR [data.path=TEXT_FILE] [key=value ...]")
 
 if __name__ == "__main__":
     main()

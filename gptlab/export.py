@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
@@ -50,19 +49,8 @@ def run(node: DictConfig) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="export")
-@cli.reports_errors
-def _main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    from gptlab.usage import entry_help
-
-    help_text = entry_help("Export a trained model (and its tokenizer) to the Hugging Face format.",
-                           "ckpt_path=RUN_DIR out=FOLDER", ExportConfig)
-    cli.run(_main, free_text=("ckpt_path", "out"), help=help_text)
-
+main = cli.entry(run, "export", ("ckpt_path", "out"), ExportConfig,
+                 "Export a trained model (and its tokenizer) to the Hugging Face format.", "ckpt_path=RUN_DIR out=FOLDER")
 
 if __name__ == "__main__":
     main()

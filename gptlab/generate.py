@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from gptlab import checkpoint, cli
@@ -59,22 +58,12 @@ def run(node: DictConfig) -> list[str]:
     return samples
 
 
-@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="generate")
-@cli.reports_errors
-def _main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    from gptlab.usage import entry_help
-
-    help_text = entry_help(
-        "Sample text from a trained model (a checkpoint file or a run dir).",
-        "ckpt_path=RUN_DIR [--prompt TEXT | prompt_file=FILE | prompt_file=-] [key=value ...]", GenerateConfig,
-        notes="The prompt is taken as typed: --prompt O Romeo, Romeo! works as well as prompt=...; "
-              "prompt_file=- reads standard input.")
-    cli.run(_main, free_text=("prompt", "prompt_file", "ckpt_path"), help=help_text)
-
+main = cli.entry(
+    run, "generate", ("prompt", "prompt_file", "ckpt_path"), GenerateConfig,
+    "Sample text from a trained model (a checkpoint file or a run dir).",
+    "ckpt_path=RUN_DIR [--prompt TEXT | prompt_file=FILE | prompt_file=-] [key=value ...]",
+    notes="The prompt is taken as typed: --prompt O Romeo, Romeo! works as well as prompt=...; "
+          "prompt_file=- reads standard input.")
 
 if __name__ == "__main__":
     main()

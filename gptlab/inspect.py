@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
@@ -105,23 +104,12 @@ def run(node: DictConfig) -> dict[str, Optional[Path]]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name="inspect")
-@cli.reports_errors
-def _main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    from gptlab.usage import entry_help
-
-    help_text = entry_help(
-        "Attention maps of a trained model for one prompt: a PNG grid, an HTML page, a summary per head.",
-        "ckpt_path=RUN_DIR (--prompt TEXT | prompt_file=FILE | prompt_file=-) [out=FOLDER] [key=value ...]",
-        InspectConfig,
-        notes=f"The prompt is taken as typed: --prompt \"O Romeo, Romeo\" needs no Hydra quoting.\n"
-              f"The PNG needs matplotlib ({VIZ_EXTRA}); without it the HTML page and the summary are still written.")
-    cli.run(_main, free_text=("prompt", "prompt_file", "ckpt_path", "out"), help=help_text)
-
+main = cli.entry(
+    run, "inspect", ("prompt", "prompt_file", "ckpt_path", "out"), InspectConfig,
+    "Attention maps of a trained model for one prompt: a PNG grid, an HTML page, a summary per head.",
+    "ckpt_path=RUN_DIR (--prompt TEXT | prompt_file=FILE | prompt_file=-) [out=FOLDER] [key=value ...]",
+    notes=f"The prompt is taken as typed: --prompt \"O Romeo, Romeo\" needs no Hydra quoting.\n"
+          f"The PNG needs matplotlib ({VIZ_EXTRA}); without it the HTML page and the summary are still written.")
 
 if __name__ == "__main__":
     main()

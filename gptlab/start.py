@@ -1,16 +1,7 @@
-"""How a training run starts: fresh, resumed (`ckpt_path=`) or from trained weights (`init_from=`), decided in
-one place, with the checkpoint read once.
-
-- **fresh**: the composed config as it is.
-- **resumed**: the checkpoint's record of the run's config is the truth. It is registered as a config of its own
-  and Hydra composes the command's overrides on top of it, so `trainer.max_steps=8` changes that key and nothing
-  else, and a recipe or a group choice (`experiment=`, `model=`) is refused. What may not change (the model's
-  shape, the data stream, the tokenizer) each spec declares: `CHANGEABLE_ON_RESUME` of GPTConfig and DataConfig,
-  `FIXED_ON_RESUME` of TrainConfig. Lightning restores the weights, the optimizer and the loops from the file.
-- **init_from**: a new run from a trained model (a run dir or GPT-2). The source's model is the `model` option the
-  command's overrides (and its recipe's) apply to; what differs from the source must be of
-  `GPTConfig.CHANGEABLE_ON_INIT` (adapt cuts the position table, adds token rows).
-"""
+"""How a training run starts: fresh, resumed (`ckpt_path=`: the checkpoint's record of the config is the truth,
+the command's overrides composed on it by Hydra) or from trained weights (`init_from=`: the source's model is the
+`model` option the command applies to), decided in one place, with the checkpoint read once. What a resume or
+init_from may change, the specs declare (docs/ARCHITECTURE.md, "Starting")."""
 
 from __future__ import annotations
 

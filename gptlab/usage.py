@@ -66,8 +66,13 @@ def train_groups() -> dict[str, tuple[Optional[str], list[str]]]:
     with initialize_config_module("gptlab.conf", version_base="1.3"):
         choices = compose("train", return_hydra_config=True).hydra.runtime.choices
         loader = GlobalHydra.instance().config_loader()
-        # (Hydra lists them last to first)
-        return {g: (c, loader.get_group_options(g)) for g, c in reversed(choices.items()) if not g.startswith("hydra")}
+        # (Hydra lists them last to first; options registered while running, as init_from's model, are left out)
+        return {g: (c, [o for o in loader.get_group_options(g) if (g, o) in DEFAULT_OPTIONS or _file(g, o).is_file()])
+                for g, c in reversed(choices.items()) if not g.startswith("hydra")}
+
+
+def _file(group: str, option: str) -> Any:
+    return resources.files("gptlab.conf") / group / f"{option}.yaml"
 
 
 def about(group: str, option: str) -> str:
@@ -75,7 +80,7 @@ def about(group: str, option: str) -> str:
     spec = DEFAULT_OPTIONS.get((group, option))
     if spec is not None:
         return (inspect.getdoc(spec) or "").split("\n\n")[0].replace("\n", " ")
-    text = (resources.files("gptlab.conf") / group / f"{option}.yaml").read_text(encoding="utf-8")
+    text = _file(group, option).read_text(encoding="utf-8")
     return next((ln.lstrip("# ").rstrip() for ln in text.splitlines() if ln.startswith("#")
                  and not ln.startswith("# @package")), "")
 

@@ -1,24 +1,7 @@
-"""No work lost: a run stopped by a signal keeps its last step, checkpoints are also written by the clock,
-a non-finite loss stops the run before it can overwrite a good checkpoint, and every checkpoint is written
-whole or not at all.
-
-- `Safeguards` (a callback, added by `train.build`):
-  * Ctrl-C (SIGINT), SIGTERM and SLURM's warning signal (SIGUSR1, `--signal=USR1@90`) are noted, and at the end
-    of the step under way every rank saves `last.ckpt` where ModelCheckpoint keeps it, then the run stops
-    with `Interrupted` (train prints how to resume; exit 128 + the signal's number). Under SLURM, with
-    Lightning's auto-requeue on, the warning signal also requeues the job (`scontrol requeue`), and the
-    requeued job resumes from that last.ckpt (`gptlab.start.requeued`). A second Ctrl-C stops at once, unsaved.
-  * a NaN or Inf training loss raises `NonFiniteLoss` (one line: the step, the last good checkpoint, a hint),
-    and no checkpoint is written from such weights: every save (a validation's, the clock's, an interrupt's)
-    checks the latest loss first.
-  Under DDP the ranks agree on these flags at every step (one all-reduce of two numbers), so they all save,
-  and stop, at the same step. On a GPU the answer read is the previous step's, copied to the host without
-  waiting, so the checks cost no host-device sync per step.
-- `clock_checkpoint`: `checkpoint_every` (DD:HH:MM:SS) as Lightning's own time-interval ModelCheckpoint, which
-  also writes last.ckpt, whatever the validation interval.
-- `AtomicCheckpointIO` (the Trainer's checkpoint plugin): each checkpoint is written to a temporary file beside
-  it and renamed (`files.atomic_write`), so a run killed while saving leaves the previous file loadable.
-"""
+"""No work lost (the whole story: docs/ARCHITECTURE.md, "No work lost"): `Safeguards` saves last.ckpt at the end
+of the step a signal arrived in and stops the run (`Interrupted`), and stops on a NaN or Inf loss before any
+checkpoint is written from it (`NonFiniteLoss`); `clock_checkpoint` saves by the clock (Lightning's time-interval
+ModelCheckpoint); `AtomicCheckpointIO` writes every checkpoint whole or not at all."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
@@ -19,6 +20,7 @@ from gptlab.config import to_spec
 from gptlab.errors import GptlabError
 from gptlab.model import ConfigError
 from gptlab.model.hf_gpt2 import check_exportable, save_hf_folder
+from gptlab.rundir import RunDir
 from gptlab.tokenizers.hf_export import hf_tokenizer_files
 
 
@@ -27,7 +29,7 @@ class ExportConfig:
     """python -m gptlab.export: a checkpoint as a Hugging Face folder."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
-    out: str = MISSING  # the folder to write; it must not exist, or be empty
+    out: Optional[str] = None  # the folder to write (it must not exist, or be empty); None: the run's hf/ folder
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
@@ -42,7 +44,11 @@ def run(node: DictConfig) -> Path:
         raise GptlabError(f"{loaded.path} cannot be exported to GPT-2's format: {e}") from None
     eot = loaded.tokenizer.eot_id
     files = hf_tokenizer_files(loaded.tokenizer, model_max_length=loaded.model.config.block_size)
-    out = save_hf_folder(loaded.model, Path(cfg.out).expanduser(), tokenizer_files=files, eos_token_id=eot)
+    run_dir = RunDir.of(loaded.path)
+    if cfg.out is None and not run_dir.is_run():
+        raise GptlabError(f"{cfg.ckpt_path} is not a gptlab run: say where to write the export, out=FOLDER")
+    target = Path(cfg.out).expanduser() if cfg.out else run_dir.export
+    out = save_hf_folder(loaded.model, target, tokenizer_files=files, eos_token_id=eot)
     print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'written':<12}{out}: "
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f"{'load with':<12}transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
@@ -50,7 +56,7 @@ def run(node: DictConfig) -> Path:
 
 
 main = cli.entry(run, "export", ("ckpt_path", "out"), ExportConfig,
-                 "Export a trained model (and its tokenizer) to the Hugging Face format.", "ckpt_path=RUN_DIR out=FOLDER")
+                 "Export a trained model (and its tokenizer) to the Hugging Face format.", "ckpt_path=RUN_DIR [out=FOLDER]")
 
 if __name__ == "__main__":
     main()

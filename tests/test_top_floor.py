@@ -113,3 +113,18 @@ def test_no_module_imports_in_a_circle():
 
     for m in graph:
         assert not cycle_from(m, m, (m,)), " -> ".join(cycle_from(m, m, (m,)))
+
+
+def test_export_without_out_writes_into_the_run_folder(cfg_factory, tmp_path, hf_gpt2):
+    from omegaconf import OmegaConf
+
+    from gptlab import export
+    from gptlab.train import train
+
+    train(cfg_factory("trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+                      "sample_tokens=0"))
+    run = RunDir(tmp_path / "run")
+    assert export.run(OmegaConf.create({"ckpt_path": str(run.path)})) == run.export
+    assert (run.export / "config.json").is_file()
+    with pytest.raises(GptlabError, match="is not a gptlab run: say where to write the export, out=FOLDER"):
+        export.run(OmegaConf.create({"ckpt_path": str(hf_gpt2)}))

@@ -160,7 +160,8 @@ def entry(task: Callable[[DictConfig], object], config_name: str, free_text: Seq
     from gptlab.usage import entry_help
 
     hydra_main = hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)
-    return lambda: run(hydra_main(reports_errors(task)), free_text, lambda _: entry_help(title, usage, spec, notes=notes))
+    help_text = lambda _: entry_help(title, usage, spec, notes=notes)  # noqa: E731
+    return lambda: run(hydra_main(reports_errors(task)), free_text, help_text)
 
 
 def fail(ex: BaseException) -> NoReturn:

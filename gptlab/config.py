@@ -69,13 +69,13 @@ class TrainConfig:
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = SEED  # seeds the weights, the order of the data and the samples
-    ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last.ckpt)
+    ckpt_path: Optional[str] = None  # resume this run: a checkpoint file, or a run dir (its last checkpoint)
     init_from: Optional[str] = None  # a new run from trained weights: a run dir, gpt2...gpt2-xl, or a HF folder
     sample_tokens: int = 500  # length of the text sample printed at the end of training; 0: none
     # torch.compile the model: true, false, or auto: on a GPU, not on a CPU (devices.auto_compile: what was measured)
     compile: Any = False
     matmul_precision: str = "high"  # fp32 matmuls on CUDA: highest (true fp32), high (TF32), medium (bf16)
-    checkpoint_every: Optional[str] = "00:00:10:00"  # DD:HH:MM:SS between last.ckpt saves; null: only at validation
+    checkpoint_every: Optional[str] = "00:00:10:00"  # DD:HH:MM:SS between saves of the last checkpoint; null: none
 
     # what a resumed run keeps whatever the command says (GPTConfig and DataConfig say which of theirs may change)
     FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("tokenizer", "init_from")
@@ -85,7 +85,7 @@ class TrainConfig:
 class InferenceConfig(SamplingConfig):
     """What the entry points that run a checkpoint token by token (generate, chat) share."""
 
-    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     seed: int = SEED  # the same seed, settings and input give the same output
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
     # None: the checkpoint's (float32); auto: bfloat16 where a probe finds bf16 fast here (~2x on CPUs with bf16
@@ -137,7 +137,7 @@ class EvalDataConfig:
 class EvalConfig:
     """python -m gptlab.eval: loss, perplexity and bits per character of a checkpoint."""
 
-    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     whole_split: bool = False  # score every window, not only the ones the run's validation scored
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps

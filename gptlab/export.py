@@ -28,7 +28,7 @@ from gptlab.tokenizers.hf_export import hf_tokenizer_files
 class ExportConfig:
     """python -m gptlab.export: a checkpoint as a Hugging Face folder."""
 
-    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     out: Optional[str] = None  # the folder to write (it must not exist, or be empty); None: the run's hf/ folder
 
 
@@ -56,7 +56,8 @@ def run(node: DictConfig) -> Path:
 
 
 main = cli.entry(run, "export", ("ckpt_path", "out"), ExportConfig,
-                 "Export a trained model (and its tokenizer) to the Hugging Face format.", "ckpt_path=RUN_DIR [out=FOLDER]")
+                 "Export a trained model (and its tokenizer) to the Hugging Face format.",
+                 "ckpt_path=RUN_DIR [out=FOLDER]")
 
 if __name__ == "__main__":
     main()

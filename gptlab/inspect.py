@@ -32,7 +32,7 @@ VIZ_EXTRA = 'pip install -e ".[viz]"'
 class InspectConfig:
     """python -m gptlab.inspect: attention maps of a checkpoint for one prompt."""
 
-    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best.ckpt, else last.ckpt)
+    ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     prompt: str = ""  # the text to look at, taken as typed (at most block_size tokens)
     prompt_file: Optional[str] = None  # read the prompt from this file instead (-: standard input)
     out: Optional[str] = None  # the folder for the PNG and HTML; None: <run>/inspect/

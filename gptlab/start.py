@@ -55,7 +55,7 @@ def start(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
 
 
 def requeued(run: RunDir) -> bool:
-    """A SLURM job started again after a requeue (SLURM_RESTART_COUNT > 0) that left a last.ckpt in its run dir:
+    """A SLURM job started again after a requeue (SLURM_RESTART_COUNT > 0) that left a last checkpoint in its run dir:
     the job resumes it instead of refusing the folder."""
     return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0") and run.last.is_file()
 
@@ -82,7 +82,7 @@ def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
     for key in fixed_on_resume():
         for path_, value in after.items():
             if (path_ == key or path_.startswith(key + ".")) and path_ in before and str(before[path_]) != str(value):
-                raise GptlabError(f"{path_}={value} conflicts with the run being resumed ({path_}={before.get(path_)}): "
+                raise GptlabError(f"{path_}={value} conflicts with the run being resumed ({path_}={before[path_]}): "
                                   "a resumed run keeps its model and data; drop the override, or train a new run")
     for k in NOT_RECORDED:
         if k in cfg and k != "hydra":

@@ -132,7 +132,8 @@ class TimeBudget(Callback):
     @staticmethod
     def of(trainer: L.Trainer) -> Optional[TimeBudget]:
         """The trainer's time budget; None where it has none."""
-        return next((c for c in trainer.callbacks if isinstance(c, TimeBudget) and c.budget_s is not None), None)  # type: ignore[attr-defined]
+        found = [c for c in trainer.callbacks if isinstance(c, TimeBudget) and c.budget_s is not None]  # type: ignore
+        return found[0] if found else None
 
     def left(self) -> Optional[float]:
         """Seconds of the budget left; None without one."""
@@ -148,7 +149,7 @@ class TimeBudget(Callback):
             val_s = self._val_tokens * step_s / max(batch_tokens, 1) * self.FORWARD_SHARE
         # a token generated alone costs ~20x its share of a training step, and a millisecond at least on a CPU
         decode_s = max(20 * step_s / max(batch_tokens, 1), 1e-3 if pl_module.device.type == "cpu" else 0.0)
-        if self._save_s is None:  # best.ckpt and last.ckpt: weights and AdamW's two moments in fp32, at 200 MB/s
+        if self._save_s is None:  # the best and the last checkpoint: weights and AdamW's two moments in fp32, at 200 MB/s
             self._save_s = 2 * 12 * sum(p.numel() for p in pl_module.parameters()) / 200e6
         return val_s + self.end_tokens * decode_s + self._save_s
 

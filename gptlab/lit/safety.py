@@ -1,4 +1,4 @@
-"""No work lost (the whole story: docs/ARCHITECTURE.md, "No work lost"): `Safeguards` saves last.ckpt at the end
+"""No work lost (the whole story: docs/ARCHITECTURE.md, "No work lost"): `Safeguards` saves the last checkpoint at the end
 of the step a signal arrived in and stops the run (`Interrupted`), and stops on a NaN or Inf loss before any
 checkpoint is written from it (`NonFiniteLoss`); `clock_checkpoint` saves by the clock (Lightning's time-interval
 ModelCheckpoint); `AtomicCheckpointIO` writes every checkpoint whole or not at all."""
@@ -69,7 +69,7 @@ class Interrupted(BaseException):
             return f"\ninterrupted by {name} before training began: nothing saved" + \
                 (", its run folder removed" if removed else "")
         if self.checkpoint is None:
-            return f"\ninterrupted by {name} at step {self.step}: nothing saved (this run writes no last.ckpt)"
+            return f"\ninterrupted by {name} at step {self.step}: nothing saved (this run keeps no last checkpoint)"
         more = f" trainer.max_time={format_duration(time_left)}" if time_left is not None and time_left >= 1 else ""
         lines = [f"\ninterrupted by {name} at step {self.step}: saved {self.checkpoint}",
                  f"resume with:  {command} ckpt_path={shlex.quote(str(run_dir))}{more}"]
@@ -131,7 +131,7 @@ def requeue_slurm_job(trainer: L.Trainer) -> Optional[str]:
 
 
 def clock_checkpoint(dirpath: str, every: Optional[str]) -> Optional[ModelCheckpoint]:
-    """last.ckpt every `every` (DD:HH:MM:SS) of training besides validation's saves; None: no clock saves."""
+    """The last checkpoint every `every` (DD:HH:MM:SS) of training besides validation's saves; None: no clock saves."""
     if not every:
         return None
     return ModelCheckpoint(dirpath=dirpath, filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, save_top_k=1,

@@ -112,8 +112,7 @@ def run(node: DictConfig) -> Optional[str]:
               file=sys.stderr)
         interactive(session)
         return None
-    text = sys.stdin.read()
-    text = text[:-1] if text.endswith("\n") else text
+    text = sys.stdin.read().removesuffix("\n")
     if not text:
         raise GptlabError("standard input holds no message: pipe one in (echo 'What is 2 + 3?' | ...), "
                           "or run in a terminal to chat")

@@ -42,13 +42,9 @@ def _from_format_1(ckpt: dict) -> dict:
     """gptlab 0.1 kept its settings in Lightning's hyper_parameters; the data source was named."""
     hp = ckpt["hyper_parameters"]
     data = hp.get("data") or {}
-    config = {
-        "model": hp["model"],
-        "tokenizer": data.get("tokenizer", {"kind": hp["tokenizer"]["kind"]}),
-        "data": {"path": data.get("path"), "val_fraction": data.get("val_fraction", 0.1)},
-        "scheduler": hp.get("scheduler") or {},
-        "compile": hp.get("compile", False),
-    }
+    config = {"model": hp["model"], "tokenizer": data.get("tokenizer", {"kind": hp["tokenizer"]["kind"]}),
+              "data": {"path": data.get("path"), "val_fraction": data.get("val_fraction", 0.1)},
+              "scheduler": hp.get("scheduler") or {}, "compile": hp.get("compile", False)}
     return {"format": FORMAT, "model": hp["model"], "tokenizer": hp["tokenizer"],
             "val_tokens_per_char": hp.get("val_tokens_per_char", 1.0), "config": config}
 

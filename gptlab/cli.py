@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, Optional, Sequence, TypeVar, Union
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -33,9 +34,9 @@ USER_ERRORS = (GptlabError, ConfigError, TokenizerError, HydraException, OmegaCo
 
 def one_line(ex: BaseException) -> str:
     """Hydra and OmegaConf spread a message over several lines (key, full_key, object_type); keep the gist."""
-    if isinstance(ex, InstantiationException) and ex.__cause__ is not None:
+    cause = ex.__cause__
+    if isinstance(ex, InstantiationException) and cause is not None:
         # building an object from the config failed: the cause is the message that matters
-        cause = ex.__cause__
         if isinstance(cause, (GptlabError, ConfigError, TokenizerError)):
             return one_line(cause)
         node = str(ex).split("full_key:")[-1].strip() if "full_key:" in str(ex) else "config"
@@ -43,7 +44,6 @@ def one_line(ex: BaseException) -> str:
         if "No supported gpu backend" in text:
             text += " This machine has no GPU: use trainer=cpu (or trainer.accelerator=cpu)."
         return text
-    cause = ex.__cause__
     if str(ex).startswith("Could not override") and "No match in the defaults list" in str(ex):
         return f"{COMMAND} has no option {str(ex).split(chr(39))[1]}: {COMMAND} --help lists what it takes"
     if str(ex).startswith("Could not override") and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
@@ -198,8 +198,6 @@ def remove_if_unused(cfg: DictConfig) -> bool:
     """A run that failed before it started leaves no folder: Hydra made the run dir (with .hydra/ and a log)
     before the job ran; if nothing else was written there, take it away again. Whether it was taken away."""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         out = Path(HydraConfig.get().runtime.output_dir)
     except Exception:  # not under Hydra's main (tests call the task with a composed config)
         return False

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Optional, TypeVar
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -144,13 +145,11 @@ class EvalConfig:
     paths: DataPaths = field(default_factory=DataPaths)
 
 
-def with_target(spec: type, target: str, partial: bool = False) -> type:
-    """A schema for a config that Hydra instantiates: spec's fields (same names, types and defaults) plus
-    `_target_` (and `_partial_`), so the YAML never restates them."""
+def with_target(spec: type, target: str) -> type:
+    """A schema for a `_partial_` config that Hydra instantiates: spec's fields (same names, types and defaults)
+    plus `_target_` and `_partial_`, so the YAML never restates them."""
     hints = typing.get_type_hints(spec)
-    extra = [("_target_", str, field(default=target))]
-    if partial:
-        extra.append(("_partial_", bool, field(default=True)))
+    extra = [("_target_", str, field(default=target)), ("_partial_", bool, field(default=True))]
     own = [(f.name, hints[f.name], field(default=f.default) if f.default is not MISSING_FIELD
             else field(default_factory=f.default_factory)) for f in fields(spec)]  # type: ignore[misc]
     return make_dataclass(f"{spec.__name__}Node", extra + own, namespace={"__doc__": spec.__doc__})
@@ -161,8 +160,8 @@ DEFAULT_OPTIONS: dict[tuple[str, str], type] = {
     ("model", "small"): GPTConfig,
     ("data", "shakespeare"): DataConfig,
     ("trainer", "default"): TrainerConfig,
-    ("optim", "adamw"): with_target(AdamWConfig, "torch.optim.AdamW", partial=True),
-    ("scheduler", "warmup_cosine"): with_target(WarmupCosine, "gptlab.lit.schedule.WarmupCosine", partial=True),
+    ("optim", "adamw"): with_target(AdamWConfig, "torch.optim.AdamW"),
+    ("scheduler", "warmup_cosine"): with_target(WarmupCosine, "gptlab.lit.schedule.WarmupCosine"),
     **{("tokenizer", kind): cls.settings for kind, cls in TOKENIZERS.items()},
 }
 
@@ -171,8 +170,6 @@ def run_name() -> str:
     """What tells this run apart in TensorBoard's run list: its command-line overrides (`model=nano,optim.lr=3e-4`),
     or "" for a run with none. (Hydra's job.override_dirname; "" outside a Hydra app, as in tests.)"""
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         name = HydraConfig.get().job.override_dirname
     except ValueError:
         return ""
@@ -202,10 +199,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for (group, name), node in DEFAULT_OPTIONS.items():
         cs.store(group=group, name=name, node=node)
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="generate_schema", node=GenerateConfig)
-    cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(name="chat_schema", node=ChatConfig)
+    for n, node in (("train", TrainConfig), ("generate", GenerateConfig), ("eval", EvalConfig), ("chat", ChatConfig)):
+        cs.store(name=f"{n}_schema", node=node)
 
 
 def composed(config_name: str, overrides: list[str]) -> DictConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -46,18 +47,12 @@ def _machine_key(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda|{torch.cuda.get_device_name(device)}|{torch.__version__}"
     cpu = platform.processor() or platform.machine()
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     caps = ",".join(os.environ.get(v, "") for v in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
                                                     "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_DEFAULT_FPMATH_MODE"))
     return f"{device.type}|{cpu}|{torch.__version__}|{torch.get_num_threads()} threads|{caps}"
-
-
-def _probe_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptlab" / "bf16_probe.json"
 
 
 def bf16_speedup(device: torch.device) -> float:
@@ -71,17 +66,15 @@ def bf16_speedup(device: torch.device) -> float:
     key = _machine_key(device)
     if key in _speedups:
         return _speedups[key]
-    path = _probe_file()
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptlab" / "bf16_probe.json"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
         known = {}
     if not isinstance(known.get(key), (int, float)):
         known[key] = _time_matmul(torch.float32) / _time_matmul(torch.bfloat16)
-        try:
+        with contextlib.suppress(OSError):  # a read-only home: measured again next time
             atomic_write(path, lambda f: f.write(json.dumps(known, indent=1)), mode="w")
-        except OSError:
-            pass  # a read-only home: measured again next time
     _speedups[key] = float(known[key])
     return _speedups[key]
 
@@ -156,10 +149,8 @@ def check_cpu_compile() -> None:
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s, no sparsity) from the makers' data sheets, by a name fragment of
 # torch.cuda.get_device_name; MFU is measured against these. Unknown devices: a measured matmul.
-DENSE_BF16_PEAKS: dict[str, float] = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
-    "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12,
-}
+DENSE_BF16_PEAKS: dict[str, float] = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                                     "A10G": 70e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
 _measured: dict[tuple[str, torch.dtype], float] = {}
 
 
@@ -179,8 +170,7 @@ def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> flo
 def measured_matmul_flops(device: torch.device, dtype: torch.dtype) -> float:
     """FLOP/s of a large square matmul: the practical peak where no data sheet figure is known."""
     n, reps = (8192, 20) if device.type == "cuda" else (1024, 5)
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
     _sync(device)
     t = time.perf_counter()

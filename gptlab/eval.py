@@ -67,11 +67,9 @@ def run(node: DictConfig) -> dict:
     batches = trainer.num_val_batches[0]
     batch_size = cfg.data.batch_size or 32 if cfg.data.path else dm.config.val_batch_size or dm.config.batch_size
     scored = min(batches * batch_size, len(windows))
-    result = {
-        "checkpoint": str(loaded.path), "step": loaded.step, "data": name, "windows": scored,
-        "tokens": scored * block, "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"],
-        "bpc": metrics["val/bpc"],
-    }
+    result = {"checkpoint": str(loaded.path), "step": loaded.step, "data": name, "windows": scored,
+              "tokens": scored * block, "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"],
+              "bpc": metrics["val/bpc"]}
     scope = ("every window" if limit == 1.0 else
              f"the {scored:,} windows the run's validation scored (trainer.limit_val_batches={limit}; "
              "whole_split=true scores all)")
@@ -140,12 +138,10 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     all_right = {n: True for n in owner}
     for n, ok in zip(owner, right):
         all_right[n] &= ok
-    result = {
-        "checkpoint": str(loaded.path), "step": loaded.step, "data": name, "conversations": len(convs),
-        "answers": len(right), "exact_match": sum(right) / max(1, len(right)),
-        "conversations_exact": sum(all_right.values()) / max(1, len(all_right)),
-        "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"], "answer_tokens": rows.targets,
-    }
+    result = {"checkpoint": str(loaded.path), "step": loaded.step, "data": name, "conversations": len(convs),
+              "answers": len(right), "exact_match": sum(right) / max(1, len(right)),
+              "conversations_exact": sum(all_right.values()) / max(1, len(all_right)),
+              "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"], "answer_tokens": rows.targets}
     tasks = sorted({convs[n].task for n in owner if convs[n].task})
     if tasks:
         result["exact_match_by_task"] = {t: sum(ok for n, ok in zip(owner, right) if convs[n].task == t) /

@@ -45,10 +45,7 @@ ConfigStore.instance().store(name="inspect_schema", node=InspectConfig)
 
 def out_folder(cfg: InspectConfig, ckpt: Path) -> Path:
     """out=, or the run's own folder for inspections."""
-    if cfg.out:
-        folder = Path(cfg.out).expanduser()
-    else:
-        folder = RunDir.of(ckpt).inspections
+    folder = Path(cfg.out).expanduser() if cfg.out else RunDir.of(ckpt).inspections
     if folder.exists() and not folder.is_dir():
         raise GptlabError(f"out={folder} is a file: give a folder (it is created if missing)")
     return folder
@@ -60,14 +57,6 @@ def file_stem(ckpt: Path, prompt: str) -> str:
     words = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-")[:32].rstrip("-")
     digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:6]
     return "-".join(p for p in (ckpt.stem, words, digest) if p)
-
-
-def has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def run(node: DictConfig) -> dict[str, Optional[Path]]:
@@ -94,10 +83,10 @@ def run(node: DictConfig) -> dict[str, Optional[Path]]:
     stem = file_stem(loaded.path, text)
     title = f"“{shorten(' '.join(text.split()), 40)}”  ({loaded.path.name}, step {loaded.step})"
     written: dict[str, Optional[Path]] = {"png": None}
-    if has_matplotlib():
+    try:  # save_png refuses (a GptlabError) only without matplotlib, which the page and the summary do not need
         written["png"] = save_png(maps, labels, folder / f"{stem}.png", title=title)
         print(f"png         {written['png']}")
-    else:  # the page and the summary need no matplotlib: write them and say what the PNG needs
+    except GptlabError:
         print(f"png         skipped: matplotlib is not installed ({VIZ_EXTRA} adds it)")
     written["html"] = save_html(maps, labels, top_predictions(model, ids, tok), folder / f"{stem}.html", title)
     print(f"html        {written['html']}")

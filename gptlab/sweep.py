@@ -10,6 +10,7 @@ re-running the command line, and the command line of a sweep is the whole sweep.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -59,13 +60,9 @@ def read_result(out_dir: Path, name: str = "result.json") -> dict | None:
 
 
 def read_results(sweep_dir: Path) -> list[dict]:
-    rows = []
-    for f in sweep_dir.glob("*/result.json"):
-        r = read_result(f.parent)
-        if r is not None:
-            rows.append({**r, "job": f.parent.name})
-    key = lambda r: (r.get("val/loss") is None or math.isnan(r["val/loss"]), r.get("val/loss") or 0.0)  # noqa: E731
-    return sorted(rows, key=key)
+    rows = [{**r, "job": f.parent.name} for f in sweep_dir.glob("*/result.json")
+            if (r := read_result(f.parent)) is not None]
+    return sorted(rows, key=lambda r: (r.get("val/loss") is None or math.isnan(r["val/loss"]), r.get("val/loss") or 0))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -86,12 +83,10 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # sweeper plugins' chatter (Optuna's database layer lists its plugins; Optuna colours its own lines)
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        try:
+        with contextlib.suppress(ImportError):
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-        except ImportError:
-            pass
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -171,8 +166,7 @@ def records_result(relaunches: Callable[[DictConfig], bool]):
                 return math.nan
             loss = metrics.get("val/loss", math.nan)
             if rank_zero_only.rank == 0 and out_dir.is_dir():  # (debug=fast takes its folder away)
-                write_result(out_dir, status="ok" if math.isfinite(loss) else "nan",
-                             wall_s=time.perf_counter() - start,
+                write_result(out_dir, status="ok" if math.isfinite(loss) else "nan", wall_s=time.perf_counter() - start,
                              **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)
             return loss
 
@@ -245,10 +239,8 @@ def run_in_own_group(cmd: list[str], env: dict[str, str], cwd: str) -> int:
         return proc.wait()
     except BaseException:
         _signal_group(proc.pid, signal.SIGTERM)  # let Lightning stop the ranks cleanly, for a while
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
         raise
     finally:
         if restore is not None:

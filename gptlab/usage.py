@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from gptlab.config import DEFAULT_OPTIONS
+from gptlab.config import DEFAULT_OPTIONS, TrainConfig
 
 FIELD_LINE = re.compile(r"^\s+(\w+):[^=]*=\s*(.*?)\s*(?:#\s*(.*))?$")
 
@@ -52,13 +52,6 @@ def settings_lines(spec: type, prefix: str = "", skip: tuple[str, ...] = ()) -> 
         shown = "???" if value == "???" else repr(value) if isinstance(value, str) else value
         lines.append(f"  {prefix}{f.name}={shown}".ljust(34) + f"  {comments.get(f.name, '')}".rstrip())
     return [ln for ln in lines if "output_dir=" not in ln]  # where Hydra puts the run: not a setting
-
-
-def _first_comment(text: str) -> str:
-    for line in text.splitlines():
-        if line.startswith("#") and not line.startswith("# @package"):
-            return line.lstrip("# ").rstrip()
-    return ""
 
 
 def train_groups() -> dict[str, tuple[Optional[str], list[str]]]:
@@ -120,11 +113,9 @@ def entry_help(title: str, usage: str, spec: type, groups: Optional[dict] = None
                notes: str = "") -> str:
     parts = [f"{title}\n\nusage: {{command}} {usage}\n"]
     if groups:
-        parts.append("groups (pick one option; * the default; --help GROUP: what each option sets):")
-        parts += group_lines(groups)
-        parts.append("")
-    parts.append("settings (key=default):")
-    parts += settings_lines(spec, skip=skip)
+        parts += ["groups (pick one option; * the default; --help GROUP: what each option sets):",
+                  *group_lines(groups), ""]
+    parts += ["settings (key=default):", *settings_lines(spec, skip=skip)]
     if notes:
         parts.append("\n" + notes)
     return "\n".join(parts)
@@ -132,8 +123,6 @@ def entry_help(title: str, usage: str, spec: type, groups: Optional[dict] = None
 
 def train_help(group: Optional[str] = None) -> str:
     """gptlab train --help [GROUP]."""
-    from gptlab.config import TrainConfig
-
     if group:
         return group_help(group)
     groups = train_groups()

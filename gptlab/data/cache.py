@@ -40,10 +40,8 @@ CACHE_VERSION = 2  # bump when the on-disk format changes, so old entries are no
 
 def cache_key(fingerprint: str, tokenizer: dict, val_fraction: float) -> str:
     """fingerprint: the corpus's (`Corpus.fingerprint`); tokenizer: its settings or a ready one's dict."""
-    settings = json.dumps(
-        {"v": CACHE_VERSION, "text": fingerprint, "tokenizer": tokenizer, "val_fraction": val_fraction}, sort_keys=True
-    )
-    return hashlib.sha256(settings.encode()).hexdigest()[:16]
+    settings = {"v": CACHE_VERSION, "text": fingerprint, "tokenizer": tokenizer, "val_fraction": val_fraction}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def encode(tokenizer: Tokenizer, text: str) -> np.ndarray:
@@ -94,10 +92,9 @@ def prepare_tokens(corpus: Union[str, Corpus], name: str, tokenizer: Union[dict,
     d = Path(cache_dir) / f"{name}-{cache_key(fingerprint, settings, val_fraction)}"
     if (d / "meta.json").is_file():
         return d
-    if given is not None:  # a resumed run's tokenizer: the entry its first start trained it in has these tokens
-        same = _entry_with(Path(cache_dir), name, fingerprint, settings, val_fraction)
-        if same is not None:
-            return same
+    # a resumed run's tokenizer: the entry its first start trained it in has these tokens
+    if given is not None and (same := _entry_with(Path(cache_dir), name, fingerprint, settings, val_fraction)):
+        return same
     plan = _plan(corpus, val_fraction, d)
     tok = given or _tokenizer(corpus, plan, settings, d)
     job = Job(corpus, plan, tok, d, _dtype(tok))
@@ -112,12 +109,9 @@ def prepare_tokens(corpus: Union[str, Corpus], name: str, tokenizer: Union[dict,
             "documents": plan.documents}
     for split in SPLITS:
         units = [(u.index, counts[u.index][split]) for u in plan.units]
-        meta[split] = {
-            "tokens": sum(c["tokens"] for _, c in units),
-            "chars": sum(c["chars"] for _, c in units),
-            **({"documents": sum(c["documents"] for _, c in units)} if plan.split_by == "documents" else {}),
-            "shards": [[shard_name(split, i), c["tokens"]] for i, c in units if c["tokens"]],
-        }
+        meta[split] = {"tokens": sum(c["tokens"] for _, c in units), "chars": sum(c["chars"] for _, c in units),
+                       **({"documents": sum(c["documents"] for _, c in units)} if plan.split_by == "documents" else {}),
+                       "shards": [[shard_name(split, i), c["tokens"]] for i, c in units if c["tokens"]]}
     atomic_write(d / "meta.json", lambda f: f.write(json.dumps(meta, indent=1)), mode="w")
     return d
 

@@ -134,14 +134,10 @@ def split(path: Union[str, Path], val_fraction: float) -> tuple[list[Conversatio
 
 # --- tokens ------------------------------------------------------------------------------------------------
 
-def contents(convs: Sequence[Conversation]) -> str:
-    return "\n".join(m["content"] for c in convs for m in c.messages)
-
-
 def chat_vocabulary(spec: Union[dict, Tokenizer], convs: Sequence[Conversation]) -> Tokenizer:
     """The tokenizer for these conversations: a new one trained on their text (spec: settings), or a trained
     one (a checkpoint's) grown by the characters it lacks (char) and, either way, the template's markers."""
-    text = contents(convs)
+    text = "\n".join(m["content"] for c in convs for m in c.messages)
     if isinstance(spec, Tokenizer):
         return chat_tokenizer(spec.with_chars(text))
     settings = {k: v for k, v in spec.items() if k != "kind"}

@@ -53,14 +53,11 @@ class DataConfig:
                 raise DataError(f"data.{name}={getattr(self, name)} is not one of {', '.join(allowed)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name in ("batch_size", "val_batch_size"):
+        for name, low, note in (("batch_size", 1, ""), ("val_batch_size", 1, ""), ("num_workers", 0, ""),
+                                ("num_proc", 1, " (or null: one per core)")):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise DataError(f"data.{name} must be >= 1, got {value}")
-        if self.num_workers < 0:
-            raise DataError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        if self.num_proc is not None and self.num_proc < 1:
-            raise DataError(f"data.num_proc must be >= 1 (or null: one per core), got {self.num_proc}")
+            if value is not None and value < low:
+                raise DataError(f"data.{name} must be >= {low}{note}, got {value}")
         if not self.text_field:
             raise DataError("data.text_field must name the field that holds the text")
 
@@ -113,10 +110,8 @@ class TextDataModule(L.LightningDataModule):
         for split in ("train", "val"):
             n = len(getattr(files, split))
             if n < need:
-                raise DataError(
-                    f"the {split} split has {n:,} tokens, fewer than model.block_size+1={need}: "
-                    "use a longer text, a smaller model.block_size, or another data.val_fraction"
-                )
+                raise DataError(f"the {split} split has {n:,} tokens, fewer than model.block_size+1={need}: "
+                                "use a longer text, a smaller model.block_size, or another data.val_fraction")
         self.files = files
 
     @property

@@ -112,7 +112,10 @@ def _read_parquet(inp: Input, seg: Segment, text_field: str) -> Iterator[Documen
 
 def _open_parquet(path: Path):
     """A pyarrow ParquetFile; a damaged or truncated file is one line naming it, not pyarrow's traceback."""
-    pq = import_pyarrow()
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("reading .parquet files needs pyarrow: pip install -e \".[data]\"") from None
     try:
         return pq.ParquetFile(path)
     except (OSError, ValueError) as e:
@@ -128,14 +131,6 @@ def _checked(text: object, where: str, text_field: str) -> str:
     if not isinstance(text, str):
         raise DataError(f"{where}: {text_field!r} is {type(text).__name__}, not text")
     return text
-
-
-def import_pyarrow():
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError("reading .parquet files needs pyarrow: pip install -e \".[data]\"") from None
-    return pq
 
 
 # --- cutting inputs into segments --------------------------------------------------------------------

@@ -27,12 +27,9 @@ class NamedText:
     sha256: str
 
 
-SHAKESPEARE = NamedText(
-    name="shakespeare",
-    file=Path("tinyshakespeare") / "input.txt",
-    url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-    sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-)
+SHAKESPEARE = NamedText("shakespeare", Path("tinyshakespeare") / "input.txt",
+                        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")
 
 
 class DataError(GptlabError):
@@ -41,9 +38,8 @@ class DataError(GptlabError):
 
 def data_dirs(configured: Optional[str]) -> list[Path]:
     """Where to look for data sets: $GPTLAB_DATA_DIR first, then the configured folder."""
-    dirs = [os.environ.get(DATA_DIR_ENV), configured]
     out: list[Path] = []
-    for d in dirs:
+    for d in (os.environ.get(DATA_DIR_ENV), configured):
         if d and Path(d).expanduser().resolve() not in out:
             out.append(Path(d).expanduser().resolve())
     return out
@@ -57,9 +53,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def find_or_download(
-    relpath: Path, url: str, sha256: Optional[str], configured_dir: Optional[str], download: bool = True
-) -> Path:
+def find_or_download(relpath: Path, url: str, sha256: Optional[str], configured_dir: Optional[str]) -> Path:
     """Return data_dir/relpath from the first data dir that has it; else download it into the first data dir."""
     dirs = data_dirs(configured_dir)
     for d in dirs:
@@ -69,16 +63,12 @@ def find_or_download(
         raise DataError(f"no data folder configured: set {DATA_DIR_ENV} or paths.data_dir")
     target = dirs[0] / relpath
     where = " or ".join(str(d / relpath) for d in dirs)
-    if not download:
-        raise DataError(f"{relpath} not found: put the file at {where}")
     try:
         fetch(url, target, sha256)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise DataError(
-            f"{relpath} is not on disk and downloading it from {url} failed ({reason}); "
-            f"if offline, copy the file to {where} (or set {DATA_DIR_ENV} to a folder holding {relpath})"
-        ) from None
+        raise DataError(f"{relpath} is not on disk and downloading it from {url} failed ({reason}); if offline, "
+                        f"copy the file to {where} (or set {DATA_DIR_ENV} to a folder holding {relpath})") from None
     return target
 
 

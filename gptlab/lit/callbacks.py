@@ -70,10 +70,7 @@ class AttentionMaps(Callback):
         return [int(i) for i in val[:n]]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        tb = _tensorboard(trainer)
-        if tb is None:
+        if trainer.sanity_checking or not trainer.is_global_zero or (tb := _tensorboard(trainer)) is None:
             return
         if self.ids is None:
             self.ids = self._prompt(trainer, pl_module)
@@ -101,13 +98,8 @@ class FinalValidation(Callback):
 
 class TimeBudget(Callback):
     """`trainer.max_time` as a promise about the wall clock: the job (start-up and compiling included, counted
-    from `started`) ends, final validation and sample included, within the budget.
-
-    After every step it predicts what is left to do once training stops: one more step, the final validation
-    (timed when a validation has run, else estimated from the training pace) and the end-of-run sample, and
-    stops training when that would no longer fit. With no step budget (`trainer.max_steps=-1`) it also re-aims
-    the cosine at the step where training will stop, so the lr still anneals to its floor. Each start of a run
-    (a resume too) has its own budget. Under DDP the ranks agree on the step to stop at."""
+    from `started`) ends, final validation and sample included, within the budget; how: docs/ARCHITECTURE.md
+    (step 5). Each start of a run (a resume too) has its own budget; under DDP the ranks agree on when to stop."""
 
     # forward-only work per token, as a fraction of a training step's (forward + backward + update, ~3x):
     # taken high, so that a first estimate errs on the side of stopping early
@@ -191,8 +183,7 @@ def _val_tokens(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
     if dm is None:
         return 0
     loader = dm.val_dataloader()
-    n = len(loader)
-    limit = trainer.limit_val_batches
+    n, limit = len(loader), trainer.limit_val_batches
     n = min(n, int(limit)) if isinstance(limit, int) else int(n * (limit if limit is not None else 1.0))
     return n * (loader.batch_size or 1) * pl_module.config.block_size
 
@@ -218,8 +209,7 @@ class Throughput(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens += batch[0].numel() * trainer.world_size
         if (trainer.global_step % trainer.log_every_n_steps == 0) and trainer.global_step > 0 and self.t0:
-            dt = time.perf_counter() - self.t0
-            rate = self.tokens / dt
+            rate = self.tokens / (time.perf_counter() - self.t0)
             pl_module.log("perf/tokens_per_s", rate, rank_zero_only=True)
             if self.peak:
                 flops = pl_module.model.flops_per_token(batch[0].size(1)) * rate
@@ -273,27 +263,25 @@ def _duration(seconds: float) -> str:
 
 
 class _Pace:
-    """Steps and tokens per second of training (validation excluded), and the time left."""
+    """Tokens per second of training (validation excluded), and the time left."""
 
     def __init__(self, budget: Optional[TimeBudget] = None) -> None:
         self.budget = budget
         self.start = self.mark = time.perf_counter()
         self.first_step: Optional[int] = None  # the pace is timed from the end of the first step on
-        self.steps_at_mark, self.tokens = 0, 0
+        self.tokens = 0
 
     def update(self, tokens: int, step: int) -> None:
         self.tokens += tokens
         if self.first_step is None:  # the first step pays one-off costs (allocation, compilation)
             self.first_step, self.start = step, time.perf_counter()
-            self.mark, self.steps_at_mark, self.tokens = self.start, step, 0
+            self.mark, self.tokens = self.start, 0
 
-    def rate(self, step: int) -> tuple[float, float]:
-        """(tokens/s, steps/s) since the last call (or the last validation)."""
-        now = time.perf_counter()
-        dt = max(now - self.mark, 1e-9)
-        out = self.tokens / dt, (step - self.steps_at_mark) / dt
-        self.mark, self.steps_at_mark, self.tokens = now, step, 0
-        return out
+    def rate(self) -> float:
+        """Tokens/s since the last call (or the last validation)."""
+        tokens_s = self.tokens / max(time.perf_counter() - self.mark, 1e-9)
+        self.skip()
+        return tokens_s
 
     def eta(self, trainer: L.Trainer, step: int) -> Optional[float]:
         """Seconds left: the time budget left, or the steps left at the pace so far (validation included)."""
@@ -304,9 +292,9 @@ class _Pace:
             return (trainer.max_steps - step) * (time.perf_counter() - self.start) / (step - self.first_step)
         return None
 
-    def skip(self, step: int) -> None:
+    def skip(self) -> None:
         """Validation time is not training time."""
-        self.mark, self.steps_at_mark, self.tokens = time.perf_counter(), step, 0
+        self.mark, self.tokens = time.perf_counter(), 0
 
 
 class HparamsSummary(Callback):
@@ -317,8 +305,7 @@ class HparamsSummary(Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        tb = _tensorboard(trainer)
-        if tb is None:
+        if (tb := _tensorboard(trainer)) is None:
             return
         from torch.utils.tensorboard.summary import hparams
 
@@ -340,12 +327,9 @@ class LineProgressBar(ProgressBar):
         if every_s <= 0:
             raise ValueError(f"callbacks.progress_bar.every_s must be > 0, got {every_s}")
         self.every_s, self.every_n_steps = every_s, every_n_steps
-        self._enabled = True
-        self._pace = _Pace()
-        self._estimated = False
+        self._enabled, self._estimated, self._pace = True, False, _Pace()
         self._last_line = time.monotonic()
-        self._phase = "starting"
-        self._phase_since = time.monotonic()
+        self._phase, self._phase_since = "starting", time.monotonic()
         self._done = threading.Event()
         self._watcher: Optional[threading.Thread] = None
 
@@ -389,10 +373,8 @@ class LineProgressBar(ProgressBar):
         self._set_phase("compiling the model and taking the first step" if compiling else "taking the first step")
 
     def _metrics(self, trainer, pl_module, prefix: str) -> str:
-        m = self.get_metrics(trainer, pl_module)
-        return "  ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items() if k.startswith(prefix)
-        )
+        return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith(prefix))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -407,7 +389,7 @@ class LineProgressBar(ProgressBar):
                         f"(validation included)")
         by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
         if by_steps or time.monotonic() - self._last_line >= self.every_s:
-            tokens_s, _ = self._pace.rate(step)
+            tokens_s = self._pace.rate()
             total = f"/{trainer.max_steps:,}" if trainer.max_steps > 0 else ""
             eta = self._pace.eta(trainer, step)
             left = f"  ETA {_duration(eta)}" if eta is not None else ""
@@ -425,7 +407,7 @@ class LineProgressBar(ProgressBar):
             self._print(f"validation  batch {batch_idx + 1:,}{of}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        self._pace.skip(trainer.global_step)
+        self._pace.skip()
         self._set_phase(f"step {trainer.global_step + 1:,} under way")
         if self.is_enabled and not trainer.sanity_checking:
             self._print(f"step {trainer.global_step:,} validation  {self._metrics(trainer, pl_module, 'val')}")

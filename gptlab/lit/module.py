@@ -79,8 +79,7 @@ class GPTLitModule(L.LightningModule):
         return (self._compiled[0] if self._compiled else self.model)(idx, targets)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        _, loss = self(x, y)
+        _, loss = self(*batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -39,14 +39,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or "://" in str(path):  # Lightning's message, or a remote filesystem
             return super().save_checkpoint(checkpoint, path, storage_options)
-
-        def write(f: Any) -> None:
-            torch.save(checkpoint, f)
-
         path = Path(path)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a run killed while it saved
             stale.unlink(missing_ok=True)
-        atomic_write(path, write)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
 
 
 class Interrupted(BaseException):

@@ -18,8 +18,7 @@ def fit(tokenizer: Tokenizer, messages: Sequence[Message], room: int) -> tuple[l
     """The prompt for the next answer (ids ending in `<|assistant|>`), at most `room` tokens if dropping the
     oldest turns can make it so; system messages are kept. Returns the ids and how many messages were left out.
     A single message longer than the room is kept whole: generation then sees only its last tokens."""
-    kept = list(messages)
-    dropped = 0
+    kept, dropped = list(messages), 0
     while True:
         ids, _ = render(tokenizer, kept, reply=True)
         older = [i for i, m in enumerate(kept[:-1]) if m["role"] != "system"]

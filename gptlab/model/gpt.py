@@ -48,16 +48,14 @@ class GPTConfig:
     CHANGEABLE_ON_INIT: ClassVar[tuple[str, ...]] = (*CHANGEABLE_ON_RESUME, "block_size", "vocab_size")
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, name)) < 1:
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "vocab_size"):  # vocab_size None: not known yet
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.vocab_size is not None and self.vocab_size < 1:
-            raise ConfigError(f"model.vocab_size must be >= 1, got {self.vocab_size}")
         if self.n_embd % self.n_head != 0:
-            raise ConfigError(
-                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
-                f"pick n_head from the divisors of n_embd (e.g. model.n_head={_nearest_divisor(self.n_embd, self.n_head)})"
-            )
+            n, h = self.n_embd, self.n_head
+            near = min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - h), d))  # nearest divisor
+            raise ConfigError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
+                              f"pick n_head from the divisors of n_embd (e.g. model.n_head={near})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (("activation", ACTIVATIONS), ("norm", NORMS), ("attention", ATTENTIONS)):
@@ -70,10 +68,6 @@ class GPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _nearest_divisor(n: int, near: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - near), d))
 
 
 class CausalSelfAttention(nn.Module):
@@ -105,17 +99,14 @@ class CausalSelfAttention(nn.Module):
         # (3-7x in bf16)
         if self.explicit or need_weights or (T == 1 and x.device.type == "cpu"):
             y, weights = explicit_attention(q, k, v, mask, self.attn_dropout)
-        elif mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        else:  # no mask: causal attention within x
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y)), weights
 
 
-def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], dropout: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                       dropout: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(Q K^T / sqrt(hs)) V, returning the weights too (B, nh, T, S). mask (T, S): True where query i
     may look at key j; None: causal (query i sees keys 0..i)."""
     T, S = q.size(-2), k.size(-2)
@@ -192,17 +183,15 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise ConfigError("model.vocab_size is not set: build the model with the tokenizer's vocabulary size")
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                # pre-norm leaves the residual stream unnormalised, so GPT-2 adds a final LayerNorm;
-                # post-norm blocks already end in one (GPT-1 has no ln_f)
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.norm == "pre" else nn.Identity(),
-            )
-        )
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            # pre-norm leaves the residual stream unnormalised, so GPT-2 adds a final LayerNorm;
+            # post-norm blocks already end in one (GPT-1 has no ln_f)
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.norm == "pre" else nn.Identity(),
+        ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
@@ -222,14 +211,10 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters counted once (tied matrices once); without the position table by default, as GPT-2 reports."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
-        return n
+        return sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if non_embedding else 0)
 
-    def forward(
-        self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, input_pos: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                input_pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
 
         input_pos (T,), for generation: the positions of idx's tokens in the KV caches (`setup_caches`). Their
@@ -349,7 +334,5 @@ def param_groups(model: nn.Module) -> list[dict]:
     for p in model.parameters():  # .parameters() yields a tied matrix once
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "name": "decay"},  # names label the groups in logs (lr/decay)
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+    # names label the groups in logs (lr/decay)
+    return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]

@@ -66,12 +66,11 @@ def config_from_hf(cfg: dict) -> GPTConfig:
             raise refuse(key, f"gptlab supports only {str(gptlab_value).lower()}")
     if not math.isclose(float(cfg.get("layer_norm_epsilon", 1e-5)), 1e-5, rel_tol=1e-2):
         raise refuse("layer_norm_epsilon", "gptlab's LayerNorm uses 1e-5")
-    return GPTConfig(
-        vocab_size=cfg["vocab_size"], block_size=cfg["n_positions"],
-        n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
-        dropout=float(cfg.get("resid_pdrop", 0.1)),  # gptlab has one rate; GPT-2 sets all three alike
-        bias=True, activation=ACTIVATIONS_IN[act], norm="pre", tie_weights=bool(cfg.get("tie_word_embeddings", True)),
-    )
+    return GPTConfig(vocab_size=cfg["vocab_size"], block_size=cfg["n_positions"], n_layer=cfg["n_layer"],
+                     n_head=cfg["n_head"], n_embd=cfg["n_embd"],
+                     dropout=float(cfg.get("resid_pdrop", 0.1)),  # gptlab has one rate; GPT-2 sets all three alike
+                     bias=True, activation=ACTIVATIONS_IN[act], norm="pre",
+                     tie_weights=bool(cfg.get("tie_word_embeddings", True)))
 
 
 def _few(keys) -> str:
@@ -117,9 +116,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as e:
         why = (str(e).splitlines() or [type(e).__name__])[0][:120]
-        raise GptlabError(
-            f"{path} cannot be read ({why}): it is truncated, corrupt or not plain tensors; save or download it again"
-        ) from None
+        raise GptlabError(f"{path} cannot be read ({why}): it is truncated, corrupt or not plain tensors; "
+                          "save or download it again") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise GptlabError(f"{path} holds no state dict of tensors: save the model with save_pretrained")
     return sd
@@ -170,18 +168,13 @@ def check_exportable(config: GPTConfig) -> None:
 def config_to_hf(config: GPTConfig, eos_token_id: Optional[int] = None) -> dict:
     """The config.json of a GPT2LMHeadModel with the same architecture."""
     check_exportable(config)
-    return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "vocab_size": config.vocab_size, "n_positions": config.block_size,
-        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
-        "n_inner": None,  # None: 4 * n_embd
-        "activation_function": "gelu_new" if config.activation == "gelu" else "relu",
-        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": 1e-5, "initializer_range": 0.02,
-        **FIXED_FLAGS,
-        "tie_word_embeddings": config.tie_weights,
-        "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
-    }
+    return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+            "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+            "n_head": config.n_head, "n_inner": None,  # None: 4 * n_embd
+            "activation_function": "gelu_new" if config.activation == "gelu" else "relu",
+            "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+            "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, **FIXED_FLAGS,
+            "tie_word_embeddings": config.tie_weights, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
 
 
 def state_dict_to_hf(sd: dict[str, torch.Tensor], tie_weights: bool) -> dict[str, torch.Tensor]:
@@ -193,10 +186,9 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], tie_weights: bool) -> dict[str
             continue
         t = t.detach().cpu()
         out[key] = (t.t() if key.endswith(CONV1D) else t).contiguous()  # contiguous: own storage for safetensors
-        bias = key.removesuffix(".weight") + ".bias"
-        if key.startswith("transformer.h.") or key.startswith("transformer.ln_f."):
-            if key.endswith(".weight") and bias not in sd:  # bias=False: GPT-2 adds zeros, the same function
-                out[bias] = torch.zeros(t.shape[0], dtype=t.dtype)
+        bias = key.removesuffix(".weight") + ".bias"  # bias=False: GPT-2 adds zeros, the same function
+        if key.startswith(("transformer.h.", "transformer.ln_f.")) and key.endswith(".weight") and bias not in sd:
+            out[bias] = torch.zeros(t.shape[0], dtype=t.dtype)
     return out
 
 
@@ -213,11 +205,9 @@ def save_hf_folder(model: GPT, out_dir: PathLike, tokenizer_files: Optional[dict
     hf_config = config_to_hf(model.config, eos_token_id)
     hf_config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
     generation = {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
-    files = {
-        **(tokenizer_files or {}),  # first: the model's own files below win over same-named ones
-        "config.json": json.dumps(hf_config, indent=2) + "\n",
-        "generation_config.json": json.dumps(generation, indent=2) + "\n",
-    }
+    files = {**(tokenizer_files or {}),  # first: the model's own files below win over same-named ones
+             "config.json": json.dumps(hf_config, indent=2) + "\n",
+             "generation_config.json": json.dumps(generation, indent=2) + "\n"}
     # write beside the target, then rename: a crash never leaves a half-written model folder
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

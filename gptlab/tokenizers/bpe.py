@@ -100,14 +100,8 @@ def bytes_to_unicode() -> dict[int, str]:
     token's bytes read as a string with no spaces or control characters: b" the" is "Ġthe".
     """
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+    others = [b for b in range(256) if b not in printable]  # in byte order: U+0100, U+0101, ...
+    return {b: chr(b) if b in printable else chr(256 + others.index(b)) for b in range(256)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,8 +111,7 @@ def _unicode_to_bytes() -> dict[str, int]:
 
 def token_to_str(data: bytes) -> str:
     """A token's bytes in GPT-2's readable spelling (b" the" -> "Ġthe")."""
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in data)
+    return "".join(map(bytes_to_unicode().__getitem__, data))
 
 
 def str_to_token(text: str) -> bytes:
@@ -163,10 +156,6 @@ def _split_regex() -> re.Pattern:
     )
 
 
-def _stand_in(ch: str) -> str:
-    return _ASTRAL_STAND_IN.get(unicodedata.category(ch)[0], "#")
-
-
 def pretokenize(text: str) -> list[str]:
     """Cut text into GPT-2 chunks: `"Hello  world!\\n"` -> `["Hello", " ", " world", "!", "\\n"]`.
 
@@ -178,7 +167,8 @@ def pretokenize(text: str) -> list[str]:
         return split.findall(text)
     # split a copy whose non-BMP characters are replaced by BMP ones of the same class (same length,
     # same chunk boundaries), then cut the real text at the chunk ends
-    masked = text.translate({ord(c): _stand_in(c) for c in set(_ASTRAL.findall(text))})
+    masked = text.translate({ord(c): _ASTRAL_STAND_IN.get(unicodedata.category(c)[0], "#")
+                             for c in set(_ASTRAL.findall(text))})
     ends = list(accumulate(map(len, split.findall(masked))))
     return [text[start:end] for start, end in zip([0, *ends], ends)]
 
@@ -359,11 +349,9 @@ class ByteLevelBPE(Tokenizer):
         return self.encode(data.decode("utf-8", errors="surrogateescape"), allowed_special)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        if isinstance(ids, np.ndarray):
-            ids = ids.tolist()
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         table = self._token_bytes
         try:
-            ids = list(ids)
             if ids and min(ids) < 0:
                 raise IndexError
             return b"".join([table[i] for i in ids])
@@ -452,21 +440,16 @@ class ByteLevelBPE(Tokenizer):
          "merges": ["Ġ t", "h e", ...],                  # "left right", lowest rank first
          "special_tokens": {"<|endoftext|>": 4095}}
         """
-        return {
-            "kind": self.kind,
-            "version": 1,
-            "pre_tokenizer": "gpt2",
-            "vocab": {token_to_str(data): i for i, data in sorted(self.vocab.items())},
-            "merges": [f"{token_to_str(self.vocab[a])} {token_to_str(self.vocab[b])}" for a, b in self.merges],
-            "special_tokens": dict(self.special_tokens),
-        }
+        return {"kind": self.kind, "version": 1, "pre_tokenizer": "gpt2",
+                "vocab": {token_to_str(data): i for i, data in sorted(self.vocab.items())},
+                "merges": [f"{token_to_str(self.vocab[a])} {token_to_str(self.vocab[b])}" for a, b in self.merges],
+                "special_tokens": dict(self.special_tokens)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ByteLevelBPE":
         if d.get("version", 1) != 1 or d.get("pre_tokenizer", "gpt2") != "gpt2":
-            raise TokenizerError(
-                f"unknown bpe format: version {d.get('version')}, pre_tokenizer {d.get('pre_tokenizer')}"
-            )
+            raise TokenizerError(f"unknown bpe format: version {d.get('version')}, "
+                                 f"pre_tokenizer {d.get('pre_tokenizer')}")
         return cls._from_strings(d["vocab"], d["merges"], d.get("special_tokens", {}))
 
     @classmethod
@@ -520,18 +503,16 @@ def count_chunks(text: str, special_tokens: Sequence[str] = ()) -> Counter:
     Only distinct chunks are kept, so memory grows with the vocabulary of the corpus, not with its size.
     """
     counts: Counter = Counter()
-    parts = [text]
-    if special_tokens:
-        parts = re.split("|".join(map(re.escape, sorted(special_tokens, key=len, reverse=True))), text)
+    specials = "|".join(map(re.escape, sorted(special_tokens, key=len, reverse=True)))
+    parts = re.split(specials, text) if special_tokens else [text]
     for part in parts:
         for piece in text_pieces(part):
             counts.update(pretokenize(piece))
     return counts
 
 
-def learn_merges(
-    chunk_counts: Mapping[str, int], n_merges: int, min_frequency: int = 2, show_progress: bool = False
-) -> list[tuple[int, int]]:
+def learn_merges(chunk_counts: Mapping[str, int], n_merges: int, min_frequency: int = 2,
+                 show_progress: bool = False) -> list[tuple[int, int]]:
     """Up to n_merges merges, most frequent pair first, for base ids = byte values and merge k -> 256 + k.
 
     The work is in keeping pair counts current without recounting: `where` indexes, for every pair, the

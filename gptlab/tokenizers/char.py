@@ -75,10 +75,8 @@ class CharTokenizer(Tokenizer):
         if (ids < 0).any():
             missing = sorted({chr(c) for c in codes[ids < 0]})
             shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
-            raise TokenizerError(
-                f"{len(missing)} character(s) not in the char vocabulary of {self.vocab_size}: {shown}; "
-                "use only characters of the training text"
-            )
+            raise TokenizerError(f"{len(missing)} character(s) not in the char vocabulary of {self.vocab_size}: "
+                                 f"{shown}; use only characters of the training text")
         return ids
 
     def unknown(self, text: str) -> list[str]:

@@ -38,34 +38,23 @@ def _bpe_files(tok: ByteLevelBPE, model_max_length: Optional[int]) -> dict[str, 
     d = tok.to_dict()
     vocab = {**d["vocab"], **d["special_tokens"]}  # vocab.json holds the special tokens too, with their ids
     merges = "#version: 0.2\n" + "".join(m + "\n" for m in d["merges"])
-    specials = {}
-    if EOT in tok.special_tokens:  # GPT-2's convention: one token starts, ends and stands for the unknown
-        specials = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    # GPT-2's convention: one token starts, ends and stands for the unknown
+    specials: dict = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT} if EOT in tok.special_tokens else {}
     extra = [s for s in tok.special_tokens if s != EOT]
     if extra:
         specials["additional_special_tokens"] = extra
-    config = {
-        "tokenizer_class": "GPT2Tokenizer",
-        "add_prefix_space": False,  # gptlab never adds a space before the text
-        "add_bos_token": False,
-        "errors": "replace",
-        "clean_up_tokenization_spaces": False,  # decode gives the text back as it was
-        **({"model_max_length": model_max_length} if model_max_length else {}),
-        **specials,
-    }
-    return {
-        "vocab.json": _json(vocab),
-        "merges.txt": merges,
-        "tokenizer_config.json": _json(config),
-        "special_tokens_map.json": _json(specials),
-    }
+    config = {"tokenizer_class": "GPT2Tokenizer",
+              "add_prefix_space": False,  # gptlab never adds a space before the text
+              "add_bos_token": False, "errors": "replace",
+              "clean_up_tokenization_spaces": False,  # decode gives the text back as it was
+              **({"model_max_length": model_max_length} if model_max_length else {}), **specials}
+    return {"vocab.json": _json(vocab), "merges.txt": merges, "tokenizer_config.json": _json(config),
+            "special_tokens_map.json": _json(specials)}
 
 
 def _char_files(tok: CharTokenizer, model_max_length: Optional[int]) -> dict[str, str]:
     tokenizer_json = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
+        "version": "1.0", "truncation": None, "padding": None,
         # special tokens (a chat model's role markers) are whole tokens that text never splits into
         "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
                           "normalized": False, "special": True} for t, i in tok.special_tokens.items()],
@@ -78,10 +67,8 @@ def _char_files(tok: CharTokenizer, model_max_length: Optional[int]) -> dict[str
         # alphabet is an error, as in gptlab
         "model": {"type": "WordLevel", "vocab": {t: i for i, t in enumerate(tok.tokens)}, "unk_token": "<unk>"},
     }
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        **({"additional_special_tokens": list(tok.special_tokens)} if tok.special_tokens else {}),
-        "clean_up_tokenization_spaces": False,
-        **({"model_max_length": model_max_length} if model_max_length else {}),
-    }
+    config = {"tokenizer_class": "PreTrainedTokenizerFast",
+              **({"additional_special_tokens": list(tok.special_tokens)} if tok.special_tokens else {}),
+              "clean_up_tokenization_spaces": False,
+              **({"model_max_length": model_max_length} if model_max_length else {})}
     return {"tokenizer.json": _json(tokenizer_json), "tokenizer_config.json": _json(config)}

@@ -99,13 +99,8 @@ def head_summary(maps: torch.Tensor) -> list[dict]:
     for l in range(L):
         for h in range(H):
             s = share[l, h]
-            label = ""
-            if T > 1 and s[1] > MOST:
-                label = "previous-token head"
-            elif first_mass[l, h] > MOST:
-                label = "first-token head"
-            elif s[0] > MOST:
-                label = "self head"
+            label = ("previous-token head" if T > 1 and s[1] > MOST else "first-token head" if first_mass[l, h] > MOST
+                     else "self head" if s[0] > MOST else "")
             out.append(dict(layer=l, head=h, entropy_bits=float(entropy[l, h]), top_offset=int(best[l, h]),
                             top_offset_share=float(best_share[l, h]), first_token_mass=float(first_mass[l, h]),
                             first_token=bool(first_mass[l, h] > MOST), label=label))
@@ -246,10 +241,7 @@ def token_labels(tokenizer, ids: Sequence[int]) -> list[str]:
     for i in ids:
         i = int(i)
         try:
-            if to_bytes is not None:
-                text = to_bytes([i]).decode("utf-8", errors="surrogateescape")
-            else:
-                text = tokenizer.decode([i])
+            text = to_bytes([i]).decode("utf-8", errors="surrogateescape") if to_bytes else tokenizer.decode([i])
         except (ValueError, IndexError, KeyError):
             text = None
         labels.append(_readable(text) if text is not None else f"<id {i}>")
@@ -280,13 +272,9 @@ def save_html(maps: torch.Tensor, token_labels: Sequence[str], top5: Optional[Pr
     _check_labels(token_labels, T)
     if top5 is not None:
         _check_labels(top5, T, "prediction lists")
-    data = {
-        "tokens": list(token_labels),
-        "maps": np.round(maps.detach().double().cpu().numpy(), 4).tolist(),  # 4 decimals keep the file small
-        "top5": None if top5 is None else [[[str(n), round(float(p), 4)] for n, p in row] for row in top5],
-        "colors": VIRIDIS,
-        "gamma": GAMMA,
-    }
+    data = {"tokens": list(token_labels), "colors": VIRIDIS, "gamma": GAMMA,
+            "maps": np.round(maps.detach().double().cpu().numpy(), 4).tolist(),  # 4 decimals keep the file small
+            "top5": None if top5 is None else [[[str(n), round(float(p), 4)] for n, p in row] for row in top5]}
     strip = "".join(f'<span class="tok" data-i="{i}">{html.escape(t)}</span>' for i, t in enumerate(token_labels))
     parts = {"TITLE": html.escape(title), "INFO": f"{T} tokens, {L} layers &times; {H} heads", "TOKENS": strip,
              "DATA": _script_json(data)}

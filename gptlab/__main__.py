@@ -14,6 +14,7 @@ COMMANDS = {
     "chat": "talk to a model fine-tuned on conversations",
     "inspect": "attention maps of a trained model for one prompt (PNG, HTML page, summary)",
     "export": "a trained model as a Hugging Face folder (transformers loads it)",
+    "plot": "loss curves of a run or a sweep as one PNG (against steps and wall time)",
 }
 
 

@@ -11,6 +11,8 @@ checked again, values included, when it is turned into its spec (`to_spec`).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import re
 import typing
@@ -21,6 +23,7 @@ from typing import Any, ClassVar, Optional, TypeVar
 
 from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_method, instantiate
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -29,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gptlab.checkpoint import DTYPES
 from gptlab.data import KINDS, DataConfig
 from gptlab.errors import GptlabError
-from gptlab.lit.optim import AdamWConfig
+from gptlab.lit.optim import AdamWConfig, MuonConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.lit.trainer import TrainerConfig, parse_duration
 from gptlab.model import SEED, GPTConfig, SamplingConfig
@@ -39,7 +42,7 @@ from gptlab.tokenizers import TOKENIZERS, TokenizerError
 T = TypeVar("T")
 
 # optimizers and schedules whose settings gptlab knows, by the _target_ of their config
-OPTIMIZERS: dict[str, type] = {"torch.optim.AdamW": AdamWConfig}
+OPTIMIZERS: dict[str, type] = {"torch.optim.AdamW": AdamWConfig, "gptlab.lit.optim.MuonWithAdamW": MuonConfig}
 SCHEDULES: dict[str, type] = {"gptlab.lit.schedule.WarmupCosine": WarmupCosine}
 
 
@@ -161,6 +164,7 @@ DEFAULT_OPTIONS: dict[tuple[str, str], type] = {
     ("data", "shakespeare"): DataConfig,
     ("trainer", "default"): TrainerConfig,
     ("optim", "adamw"): with_target(AdamWConfig, "torch.optim.AdamW"),
+    ("optim", "muon"): with_target(MuonConfig, "gptlab.lit.optim.MuonWithAdamW"),
     ("scheduler", "warmup_cosine"): with_target(WarmupCosine, "gptlab.lit.schedule.WarmupCosine"),
     **{("tokenizer", kind): cls.settings for kind, cls in TOKENIZERS.items()},
 }
@@ -244,6 +248,14 @@ def to_spec(spec: type[T], node: Any, name: str) -> T:
         raise GptlabError(f"{key}: {str(e).splitlines()[0]}") from None
     except (ValueError, TokenizerError) as e:
         raise GptlabError(str(e)) from None
+
+
+def partial_of(node: DictConfig, name: str, known: dict[str, type]) -> Any:
+    """A `_partial_` config (optimizer, schedule): checked against its spec where gptlab knows the target."""
+    if node.get("_target_") in known:
+        spec = to_spec(known[node._target_], node, name)
+        return functools.partial(get_method(node._target_), **dataclasses.asdict(spec))
+    return instantiate(node, _convert_="all")
 
 
 def tokenizer_spec(node: Any) -> Any:

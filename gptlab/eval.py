@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import sys
-import warnings
 from pathlib import Path
 
 import lightning as L

@@ -5,7 +5,7 @@
       checkpoints/best.ckpt      lowest val/loss so far (ModelCheckpoint, conf/callbacks/default.yaml)
       checkpoints/last.ckpt      the latest step: what a resume starts from
       checkpoints/eval-*.json    gptlab eval's results, beside the checkpoint they score
-      tensorboard/<version>/     the TensorBoard log (its place: conf/logger/tensorboard.yaml)
+      tensorboard/<version>/     the TensorBoard log (conf/logger/tensorboard.yaml; gptlab plot reads it)
       inspect/                   gptlab inspect's attention maps
       hf/                        gptlab export's Hugging Face folder (when no out= is given)
       result.json                the run's final figures (a sweep gathers them)
@@ -36,6 +36,7 @@ class RunDir:
         return cls(p.parent if p.name == "checkpoints" else p)
 
     checkpoints = property(lambda self: self.path / "checkpoints")
+    logs = property(lambda self: self.path / "tensorboard")
     best = property(lambda self: self.checkpoints / "best.ckpt")
     last = property(lambda self: self.checkpoints / "last.ckpt")
     record = property(lambda self: self.path / RECORD)

@@ -38,8 +38,10 @@ from omegaconf import DictConfig
 
 from gptlab.cli import USER_ERRORS, one_line
 from gptlab.config import unescape
+from gptlab.errors import GptlabError
 from gptlab.files import atomic_write
 from gptlab.lit.safety import NonFiniteLoss
+from gptlab.plot import plot
 
 # set in the environment of a job's own run, so that it records a failure in result.json as a sweep job does
 SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
@@ -101,6 +103,10 @@ class SweepSummary(Callback):
         failed = sum(r.get("status") != "ok" for r in rows)
         print(f"\nsweep of {len(rows)} jobs ({failed} failed), best first: {sweep_dir / 'summary.csv'}")
         print(format_table(rows))
+        try:  # the jobs' curves side by side (needs matplotlib: the viz extra)
+            print(f"curves: {plot(sweep_dir, sweep_dir / 'summary.png')}")
+        except GptlabError as e:
+            print(f"(no summary.png: {e})")
 
 
 def relaunches_command(trainer_kwargs: dict) -> bool:

@@ -5,13 +5,12 @@ bookkeeping (`sweep.records_result`). How a run starts (fresh, resumed, from wei
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import shlex
 import sys
 import time
 import warnings
-from typing import Any, Optional
+from typing import Optional
 
 import hydra
 import lightning as L
@@ -24,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import gptlab
 from gptlab import cli, sweep
-from gptlab.config import OPTIMIZERS, SCHEDULES, check_top_level, register_configs, to_spec, tokenizer_spec
+from gptlab.config import (OPTIMIZERS, SCHEDULES, check_top_level, partial_of, register_configs, to_spec,
+                           tokenizer_spec)
 from gptlab.data import DataConfig, make_datamodule
 from gptlab.devices import auto_compile, check_cpu_compile, lightning_device
 from gptlab.errors import GptlabError
@@ -53,16 +53,19 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
     model_spec = begun.model.config if begun.model else to_spec(GPTConfig, cfg.model, "model")
     data_spec = to_spec(DataConfig, cfg.data, "data")
     trainer_spec = to_spec(TrainerConfig, cfg.trainer, "trainer")
-    optimizer = _partial(cfg.optim, "optim", OPTIMIZERS)
+    optimizer = partial_of(cfg.optim, "optim", OPTIMIZERS)
     if str(trainer_spec.precision) == "16-mixed" and cfg.optim.get("fused") and trainer_spec.gradient_clip_val:
         raise GptlabError("optim.fused=true cannot clip gradients under trainer.precision=16-mixed (the fused step "
                           "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
+    if "Muon" in str(cfg.optim.get("_target_")) and "fsdp" in str(trainer_spec.strategy).lower():
+        raise GptlabError("optim=muon cannot run under FSDP (Muon orthogonalises whole matrices; FSDP shards "
+                          "them): use trainer=ddp, or optim=adamw")
     device = lightning_device(trainer_spec.accelerator)
     settings, why = lightning_settings(trainer_spec)
     compiled, why_compile = (bool(cfg.compile), "") if cfg.compile != "auto" else auto_compile(device)
     if compiled and device.type == "cpu":
         check_cpu_compile()
-    scheduler = _partial(cfg.scheduler, "scheduler", SCHEDULES)
+    scheduler = partial_of(cfg.scheduler, "scheduler", SCHEDULES)
     tokenizer = begun.tokenizer or dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
     datamodule = make_datamodule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
                                  cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
@@ -88,14 +91,6 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
             not torch.cuda.is_available() else ""
         raise GptlabError(f"trainer: {' '.join(str(e).split())}{hint}") from None
     return trainer, module, datamodule
-
-
-def _partial(node: DictConfig, name: str, known: dict[str, type]) -> Any:
-    """A `_partial_` config (optimizer, schedule): checked against its spec where gptlab knows the target."""
-    if node.get("_target_") in known:
-        spec = to_spec(known[node._target_], node, name)
-        return functools.partial(hydra.utils.get_method(node._target_), **dataclasses.asdict(spec))
-    return instantiate(node, _convert_="all")
 
 
 def train(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optional[float] = None) -> dict[str, float]:

@@ -30,6 +30,7 @@ def test_the_run_folder_is_where_the_checkpoint_callbacks_write(cfg_factory, tmp
     assert f"{best.filename}{best.FILE_EXTENSION}" == run.best.name
     assert f"{clock.filename}{clock.FILE_EXTENSION}" == f"{best.CHECKPOINT_NAME_LAST}{best.FILE_EXTENSION}" == run.last.name
     assert RunDir.of(run.best) == RunDir.of(run.checkpoints) == RunDir.of(run.path) == run
+    assert Path(cfg.logger.save_dir) / cfg.logger.name == run.logs
 
 
 def test_the_checkpoint_of_a_run(tmp_path):

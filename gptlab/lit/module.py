@@ -12,9 +12,9 @@ from torchmetrics import MeanMetric
 
 from gptlab import checkpoint
 from gptlab.errors import GptlabError
-from gptlab.lit.optim import build_optimizer
+from gptlab.lit.optim import build_optimizer, optimizer_groups
 from gptlab.lit.schedule import WarmupCosine
-from gptlab.model import GPT, GPTConfig, add_tokens, param_groups
+from gptlab.model import GPT, GPTConfig, add_tokens
 from gptlab.tokenizers import Tokenizer
 
 
@@ -105,7 +105,8 @@ class GPTLitModule(L.LightningModule):
             raise RuntimeError("GPTLitModule was built without an optimizer or schedule; it can only run inference")
         assert self.model is not None
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
-        optimizer = build_optimizer(self.optimizer_factory, param_groups(self.model), self.device, scaled)
+        params = optimizer_groups(self.optimizer_factory, self.model)
+        optimizer = build_optimizer(self.optimizer_factory, params, self.device, scaled)
         self.schedule = self.scheduler_factory()
         if self.schedule.total_steps is None and self.trainer.max_steps > 0:
             self.schedule.total_steps = self.trainer.max_steps  # else a time budget aims it (TimeBudget)

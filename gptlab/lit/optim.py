@@ -1,12 +1,15 @@
-"""The optimizer's typed settings: AdamW as gptlab uses it (`optim=adamw`, a `_partial_` of torch.optim.AdamW
-that the LightningModule calls with the parameter groups)."""
+"""The optimizers' typed settings and their construction: AdamW as gptlab uses it (`optim=adamw`, a `_partial_` of
+torch.optim.AdamW that the LightningModule calls with the parameter groups), and Muon for the hidden matrices with
+AdamW for the rest (`optim=muon`, MuonWithAdamW)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
+
+from gptlab.model import GPT, param_groups
 
 
 @dataclass
@@ -31,6 +34,69 @@ class AdamWConfig:
             raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
 
 
+@dataclass
+class MuonConfig:
+    """Muon (torch.optim.Muon) for the blocks' matrices, AdamW for embeddings, head, biases and norm gains."""
+
+    lr: float = 0.02  # Muon's lr, for the hidden matrices (their updates are orthogonalised, so of unit size)
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations that orthogonalise each update
+    weight_decay: float = 0.0  # on the hidden matrices
+    adamw_lr: float = 1e-3  # AdamW's lr, for everything else
+    adamw_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    adamw_weight_decay: float = 0.1  # embeddings and head; biases and norm gains get none
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "adamw_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0 or self.ns_steps < 1:
+            raise ValueError(f"optim.momentum must be in [0, 1) and optim.ns_steps >= 1, got {self.momentum}, "
+                             f"{self.ns_steps}")
+        if len(self.adamw_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adamw_betas):
+            raise ValueError(f"optim.adamw_betas must be two numbers in [0, 1), got {list(self.adamw_betas)}")
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """One optimizer for Lightning and the lr schedule: torch.optim.Muon over the groups marked `muon`, AdamW over
+    the others. Its param_groups are the two optimizers' own (the schedule scales both); its state_dict holds
+    both, so a resumed run continues exactly."""
+
+    HIDDEN_MATRICES = True  # build_optimizer hands it param_groups(model, hidden=True)
+
+    def __init__(self, params: list[dict], lr: float, momentum: float, nesterov: bool, ns_steps: int,
+                 weight_decay: float, adamw_lr: float, adamw_betas: list[float], adamw_weight_decay: float) -> None:
+        self.muon = torch.optim.Muon([g for g in params if g.get("muon")], lr=lr, momentum=momentum,
+                                     nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
+        self.adamw = torch.optim.AdamW([g for g in params if not g.get("muon")], lr=adamw_lr,
+                                       betas=tuple(adamw_betas), weight_decay=adamw_weight_decay)
+        super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {})  # the same group dicts
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]  # loading made new group dicts
+
+
+def optimizer_groups(factory: Callable[..., torch.optim.Optimizer], model: GPT) -> list[dict]:
+    """The parameter groups the optimizer wants: Muon's hidden matrices apart where it asks for them."""
+    return param_groups(model, hidden=getattr(getattr(factory, "func", factory), "HIDDEN_MATRICES", False))
+
+
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params: list[dict], device: torch.device,
                     scaled: bool) -> torch.optim.Optimizer:
     """Call the optimizer factory (a `_partial_`) with the parameter groups. Left unset (fused=None,
@@ -42,4 +108,3 @@ def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params: list[
             and not keywords.get("foreach"):
         return factory(params, fused=True)
     return factory(params)
-

@@ -1,5 +1,9 @@
 """The GPT: token + learned position embeddings, a stack of transformer blocks, a language-model head.
 
+GPT-2 by default; the levers of later models are options of GPTConfig, each one setting: rotary positions
+(`pos=rope`), RMSNorm (`norm_type=rmsnorm`), QK-norm, ReLU² and SwiGLU MLPs, grouped-query attention
+(`n_kv_head`), logit soft-capping and zero-initialised output projections.
+
 One file, top to bottom, in the order the data flows. Parameter names follow GPT-2's checkpoint
 (`transformer.wte`, `h.0.attn.c_attn`, `ln_f`, ...) so pretrained weights map one to one.
 Shapes in comments: B batch, T time (tokens), C channels (n_embd), nh heads, hs head size.
@@ -17,9 +21,11 @@ import torch.nn.functional as F
 
 from gptlab.model.sampling import generate
 
-ACTIVATIONS = ("gelu", "relu")
+ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
 NORMS = ("pre", "post")
+NORM_TYPES = ("layernorm", "rmsnorm")
 ATTENTIONS = ("sdpa", "explicit")
+POSITIONS = ("learned", "rope")
 
 
 class ConfigError(ValueError):
@@ -37,10 +43,18 @@ class GPTConfig:
     n_embd: int = 256
     dropout: float = 0.1
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2
-    activation: str = "gelu"  # "gelu" (GPT-1/GPT-2) or "relu" (the original Transformer)
+    # relu2: relu(x)^2 (Primer, modded-nanogpt); swiglu: silu(gate) * up (Llama), 8/3 n_embd wide (same parameters)
+    activation: str = "gelu"  # "gelu" (GPT-1/GPT-2), "relu" (the original Transformer), "relu2" or "swiglu"
     norm: str = "pre"  # "pre": LayerNorm before each sublayer (GPT-2); "post": after the residual add (GPT-1)
     tie_weights: bool = True  # lm_head shares its matrix with the token embedding, as GPT-2
     attention: str = "sdpa"  # "sdpa": fused kernels (flash on GPU); "explicit": softmax(QK^T)V written out
+    pos: str = "learned"  # "learned": a table of positions (GPT-2); "rope": q and k rotated by position (RoFormer)
+    rope_base: float = 10000.0  # rope: the base of the rotation frequencies
+    norm_type: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm": no mean subtracted, no bias (Llama)
+    qk_norm: bool = False  # RMSNorm of each head's q and k before attention (Qwen3): bounded attention logits
+    n_kv_head: Optional[int] = None  # grouped-query attention: heads of keys and values, dividing n_head; None: n_head
+    logit_softcap: Optional[float] = None  # logits squashed smoothly into (-cap, cap) by cap * tanh(x / cap)
+    zero_init: bool = False  # output projections start at zero, so each block starts as the identity
 
     # the weights do not depend on these: a resumed run may change them (every other field is the model's shape)
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("dropout", "attention")
@@ -58,7 +72,15 @@ class GPTConfig:
                               f"pick n_head from the divisors of n_embd (e.g. model.n_head={near})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        for name, allowed in (("activation", ACTIVATIONS), ("norm", NORMS), ("attention", ATTENTIONS)):
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head}")
+        if self.pos == "rope" and self.head_size % 2:
+            raise ConfigError(f"model.pos=rope rotates pairs of channels: the head size {self.head_size} must be even")
+        for name in ("rope_base", "logit_softcap"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be > 0, got {getattr(self, name)}")
+        for name, allowed in (("activation", ACTIVATIONS), ("norm", NORMS), ("attention", ATTENTIONS),
+                              ("pos", POSITIONS), ("norm_type", NORM_TYPES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"model.{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
 
@@ -66,8 +88,30 @@ class GPTConfig:
     def head_size(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    """LayerNorm (GPT-2) or RMSNorm (a gain, no bias, no mean subtracted)."""
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-6)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotary embedding: channel pairs (i, i + hs/2) of x (B, nh, T, hs) turned by the angle pos * base^(-2i/hs),
+    so q.k depends on positions only through their difference. Angles in float32 whatever x's dtype."""
+    half = x.size(-1) // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (hs/2,)
+    angle = pos.float().unsqueeze(-1) * freqs  # (T, hs/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -75,11 +119,15 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.n_kv_head, self.hs = config.n_head, config.kv_heads, config.head_size
         self.dropout = config.dropout
         self.explicit = config.attention == "explicit"
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.rope_base = config.rope_base if config.pos == "rope" else None
+        # q, k, v in one matmul (with grouped-query attention, k and v have fewer heads than q)
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.n_kv_head * self.hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_norm, self.k_norm = (nn.RMSNorm(self.hs, eps=1e-6), nn.RMSNorm(self.hs, eps=1e-6)) if config.qk_norm \
+            else (nn.Identity(), nn.Identity())
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: Optional[KVCache] = None  # set by GPT.setup_caches, for generation
@@ -87,11 +135,18 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        # (B, T, C) -> (B, nh, T, hs): each head attends independently
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.hs, self.n_kv_head * self.hs], dim=2)
+        # (B, T, heads * hs) -> (B, heads, T, hs): each head attends independently
+        q = self.q_norm(q.view(B, T, self.n_head, self.hs).transpose(1, 2))
+        k = self.k_norm(k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2))
+        v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)
+        if self.rope_base is not None:  # positions enter here, as rotations of q and k, not as a table
+            pos = torch.arange(T, device=x.device) if input_pos is None else input_pos
+            q, k = rotate(q, pos, self.rope_base), rotate(k, pos, self.rope_base)
         if input_pos is not None:  # generation: store the new keys and values, attend over the whole cache
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, nh, L, hs)
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_head, L, hs)
+        if self.n_kv_head != self.n_head:  # grouped-query: each k, v head serves n_head / n_kv_head q heads
+            k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
 
         weights = None
         dropout_p = self.dropout if self.training else 0.0
@@ -121,14 +176,23 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 uses the tanh approximation of GELU; keeping it makes pretrained weights behave the same
-        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.activation, C = config.activation, config.n_embd
+        # SwiGLU has three matrices to the others' two: 8/3 C wide (a multiple of 16) keeps ~8 C^2 parameters
+        hidden = 16 * round(8 * C / 3 / 16) if self.activation == "swiglu" else 4 * C
+        self.c_fc = nn.Linear(C, 2 * hidden if self.activation == "swiglu" else hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.activation == "gelu":  # GPT-2's tanh approximation: pretrained weights behave the same
+            h = F.gelu(h, approximate="tanh")
+        elif self.activation == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.relu(h).square() if self.activation == "relu2" else F.relu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -137,9 +201,9 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
@@ -156,7 +220,7 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of one attention layer for generation, preallocated: 2 x (B, nh, max_len, hs).
+    """Keys and values of one attention layer for generation, preallocated: 2 x (B, n_kv_head, max_len, hs).
 
     A step writes its tokens' keys and values at their positions and attends over the whole cache, the
     positions not yet written masked out: every one-token step has the same shapes, which CUDA graphs need.
@@ -171,7 +235,7 @@ class KVCache:
             torch._dynamo.mark_static_address(self.v)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, nh, T, hs) at positions input_pos (T,); return the whole cache, 2 x (B, nh, max_len, hs)."""
+        """Write k, v (B, h, T, hs) at positions input_pos (T,); return the whole cache, 2 x (B, h, max_len, hs)."""
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         return self.k, self.v
@@ -185,12 +249,13 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embedding
+            # learned position embedding (with rotary positions there is none: attention rotates q and k)
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.pos == "learned" else {}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             # pre-norm leaves the residual stream unnormalised, so GPT-2 adds a final LayerNorm;
             # post-norm blocks already end in one (GPT-1 has no ln_f)
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias) if config.norm == "pre" else nn.Identity(),
+            ln_f=make_norm(config, config.n_embd) if config.norm == "pre" else nn.Identity(),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
@@ -199,8 +264,8 @@ class GPT(nn.Module):
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
         # two per layer, so the stream's variance does not grow with depth
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if name.endswith("c_proj.weight"):  # zero_init: each block adds nothing at first (modded-nanogpt)
+                nn.init.normal_(p, mean=0.0, std=0.0 if config.zero_init else 0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -211,7 +276,8 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters counted once (tied matrices once); without the position table by default, as GPT-2 reports."""
-        return sum(p.numel() for p in self.parameters()) - (self.transformer.wpe.weight.numel() if non_embedding else 0)
+        wpe = self.transformer["wpe"].weight.numel() if "wpe" in self.transformer else 0
+        return sum(p.numel() for p in self.parameters()) - (wpe if non_embedding else 0)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 input_pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -238,6 +304,8 @@ class GPT(nn.Module):
         if input_pos is not None:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        if self.config.logit_softcap:  # large logits grow slower and slower, never past the cap (Gemma 2)
+            logits = self.config.logit_softcap * torch.tanh(logits / self.config.logit_softcap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
@@ -254,7 +322,10 @@ class GPT(nn.Module):
 
     def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) at positions pos (T,) -> (B, T, C)."""
-        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer["wpe"](pos)
+        return self.transformer.drop(x)
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         """Give every attention layer a KV cache for `batch` sequences of up to `max_len` positions. Caches of
@@ -263,12 +334,12 @@ class GPT(nn.Module):
         c, w = self.config, self.transformer.wte.weight
         old = self.transformer.h[0].attn.kv_cache
         # an inference-mode tensor cannot be updated outside inference mode: made in one, it serves only there
-        want = ((batch, c.n_head, max_len, c.head_size), w.device, w.dtype, torch.is_inference_mode_enabled())
+        want = ((batch, c.kv_heads, max_len, c.head_size), w.device, w.dtype, torch.is_inference_mode_enabled())
         if old is not None and (old.k.shape, old.k.device, old.k.dtype, old.k.is_inference()) == want:
             return
         self.clear_caches()  # free the old ones before allocating
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch, c.n_head, max_len, c.head_size, w.device, w.dtype)
+            block.attn.kv_cache = KVCache(batch, c.kv_heads, max_len, c.head_size, w.device, w.dtype)
 
     def clear_caches(self) -> None:
         for block in self.transformer.h:
@@ -321,18 +392,22 @@ def adapt(model: GPT, spec: GPTConfig) -> GPT:
         raise ConfigError(f"model.vocab_size={spec.vocab_size} is smaller than the source's {old.vocab_size}")
     model = add_tokens(model, old.vocab_size or 0, spec.vocab_size or 0)
     state = model.state_dict()
-    state["transformer.wpe.weight"] = state["transformer.wpe.weight"][: spec.block_size]
+    if "transformer.wpe.weight" in state:
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][: spec.block_size]
     new = GPT(spec)
     new.load_state_dict(state)
     return new
 
 
-def param_groups(model: nn.Module) -> list[dict]:
+def param_groups(model: GPT, hidden: bool = False) -> list[dict]:
     """AdamW groups: matrices (Linear weights, embeddings) decay at the optimizer's weight_decay;
-    biases and LayerNorm weights do not decay."""
-    decay, no_decay = [], []
+    biases and norm gains do not decay. hidden=True: the blocks' matrices in a group of their own first, marked
+    `muon` (Muon orthogonalises the updates of hidden matrices; embeddings and the head stay with AdamW)."""
+    in_blocks = {id(p) for p in model.transformer.h.parameters()} if hidden else set()
+    matrices, decay, no_decay = [], [], []
     for p in model.parameters():  # .parameters() yields a tied matrix once
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (no_decay if p.dim() < 2 else matrices if id(p) in in_blocks else decay).append(p)
     # names label the groups in logs (lr/decay)
-    return [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    groups = [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [{"params": matrices, "name": "hidden", "muon": True}, *groups] if hidden else groups

@@ -162,6 +162,12 @@ def check_exportable(config: GPTConfig) -> None:
         raise ConfigError(f"model.norm={config.norm!r} cannot be exported: GPT-2 is pre-norm (norm=pre) only")
     if config.vocab_size is None:
         raise ConfigError("model.vocab_size is not set: build the model before exporting it")
+    later = {"pos": "learned", "norm_type": "layernorm", "qk_norm": False, "n_kv_head": None, "logit_softcap": None}
+    for name, gpt2 in later.items():  # the levers of later models: GPT-2's layout has no place for them
+        if getattr(config, name) != gpt2 and not (name == "n_kv_head" and config.kv_heads == config.n_head):
+            raise ConfigError(f"model.{name}={getattr(config, name)!r} cannot be exported: GPT-2 has {name}={gpt2!r}")
+    if config.activation not in ("gelu", "relu"):
+        raise ConfigError(f"model.activation={config.activation!r} cannot be exported: GPT-2 has gelu (or relu)")
     # bias=False exports as zero biases and tie_weights=False as a separate lm_head.weight: both exact
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar, Collection, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Collection, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 

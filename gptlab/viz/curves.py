@@ -1,0 +1,63 @@
+"""Loss curves of runs: read from their TensorBoard logs, drawn as one PNG (val/loss and train/loss against steps
+and against wall time, a line per run labelled by its overrides). Needs matplotlib (the `viz` extra)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gptlab.errors import GptlabError
+
+TAGS = ("val/loss", "train/loss")
+
+
+@dataclass
+class Curves:
+    """One run's logged scalars: tag -> (steps, seconds since its first event, values)."""
+
+    label: str
+    series: dict[str, tuple[list[int], list[float], list[float]]]
+
+
+def read_curves(log_dir: Path, label: str) -> Curves:
+    """The TAGS of one TensorBoard log folder (every event file in it, in order)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    points = {tag: events.Scalars(tag) for tag in TAGS if tag in events.Tags()["scalars"]}
+    start = min((p[0].wall_time for p in points.values() if p), default=0.0)  # the run's first logged step
+    series = {tag: ([p.step for p in ps], [p.wall_time - start for p in ps], [p.value for p in ps])
+              for tag, ps in points.items()}
+    return Curves(label, series)
+
+
+def save_curves(runs: list[Curves], path: Path, title: str = "") -> Path:
+    """Two panels, val/loss (thick) and train/loss (thin, faint) against steps and against wall time."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise GptlabError('the plot needs matplotlib: pip install -e ".[viz]"') from None
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg on this figure only: no global backend, no window
+    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        for tag, width, alpha in (("train/loss", 0.8, 0.35), ("val/loss", 2.0, 1.0)):
+            if tag in run.series:
+                steps, seconds, values = run.series[tag]
+                label = run.label if tag == "val/loss" else None
+                by_step.plot(steps, values, color=color, lw=width, alpha=alpha, label=label)
+                by_time.plot(seconds, values, color=color, lw=width, alpha=alpha)
+    by_step.set(xlabel="step", ylabel="loss (nats per token; thick: val, thin: train)")
+    by_time.set(xlabel="wall time of training (s)")
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    if runs:
+        by_step.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

@@ -1,0 +1,127 @@
+"""The levers of later GPTs (rotary positions, RMSNorm, QK-norm, ReLU², SwiGLU, grouped-query attention, logit
+soft-capping, zero-initialised projections): each keeps the model causal, gives the same tokens with and without
+the KV cache, runs the explicit and the fused attention alike, trains and comes back from its checkpoint, and is
+refused by the GPT-2 export in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptlab import checkpoint
+from gptlab.model import GPT, ConfigError, GPTConfig, generate
+from gptlab.model.hf_gpt2 import check_exportable
+
+LEVERS = {
+    "rope": dict(pos="rope"), "rmsnorm": dict(norm_type="rmsnorm"), "qk_norm": dict(qk_norm=True),
+    "relu2": dict(activation="relu2"), "swiglu": dict(activation="swiglu"), "gqa": dict(n_kv_head=2),
+    "mqa": dict(n_kv_head=1), "softcap": dict(logit_softcap=10.0), "zero_init": dict(zero_init=True),
+    "modern": dict(pos="rope", norm_type="rmsnorm", qk_norm=True, activation="swiglu", n_kv_head=2,
+                   logit_softcap=30.0, bias=False, tie_weights=False),
+}
+
+
+def model(lever: str, **more) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0, **LEVERS[lever],
+                       **more)
+    m = GPT(config).eval()
+    if config.zero_init:  # zero projections make every later token's logits equal: give them some weight
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    p.normal_(0, 0.02)
+    return m
+
+
+@pytest.mark.parametrize("lever", LEVERS)
+def test_no_position_sees_a_later_one(lever):
+    m = model(lever)
+    x = torch.randint(0, 50, (2, 16))
+    y = x.clone()
+    y[:, 10:] = torch.randint(0, 50, (2, 6))  # change only the future of position 9
+    with torch.no_grad():
+        a, b = m(x)[0], m(y)[0]
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5) and not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("lever", LEVERS)
+def test_cache_explicit_and_fused_paths_agree(lever):
+    m = model(lever)
+    x = torch.randint(0, 50, (2, 7))
+    plain = generate(m, x, 10, temperature=0.0, use_cache=False)
+    assert torch.equal(generate(m, x, 10, temperature=0.0, use_cache=True), plain)
+    explicit = model(lever, attention="explicit")
+    with torch.no_grad():
+        assert torch.allclose(m(plain)[0], explicit(plain)[0], atol=1e-5)
+    maps = explicit.attention_weights(plain)  # inspect's path: one (B, n_head, T, T) map per layer
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 17, 17) and torch.allclose(maps[0].sum(-1), torch.ones(()))
+
+
+@pytest.mark.parametrize("lever", ["rope", "swiglu", "gqa", "modern"])
+def test_a_run_with_the_lever_trains_and_loads_back(lever, cfg_factory, tmp_path):
+    from gptlab.train import train
+
+    overrides = [f"model.{k}={v}" for k, v in LEVERS[lever].items()]
+    metrics = train(cfg_factory(*overrides, "trainer.max_steps=4", "trainer.val_check_interval=4",
+                                "sample_tokens=5"))
+    loaded = checkpoint.load(tmp_path / "run")
+    assert metrics["steps"] == 4 and all(getattr(loaded.model.config, k) == v for k, v in LEVERS[lever].items())
+    x = torch.tensor([loaded.tokenizer.encode("ROMEO:")])
+    assert torch.isfinite(loaded.model(x)[0]).all()
+
+
+@pytest.mark.parametrize("lever", [k for k in LEVERS if k != "zero_init"])
+def test_the_gpt2_export_refuses_what_gpt2_cannot_hold(lever):
+    with pytest.raises(ConfigError, match="cannot be exported: GPT-2 has"):
+        check_exportable(model(lever).config)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_kv_head=3), "model.n_kv_head=3 must divide model.n_head=4"),
+    (dict(pos="alibi"), "model.pos='alibi' is not one of learned, rope"),
+    (dict(logit_softcap=0.0), "model.logit_softcap must be > 0"),
+])
+def test_bad_lever_settings_are_one_line(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        GPTConfig(vocab_size=50, n_head=4, n_embd=32, **bad)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    from gptlab.lit.optim import MuonWithAdamW
+    from gptlab.model import param_groups
+
+    m = model("modern")
+    hidden, decay, no_decay = param_groups(m, hidden=True)
+    blocks = {id(p) for p in m.transformer.h.parameters()}
+    assert hidden["muon"] and all(p.dim() == 2 and id(p) in blocks for p in hidden["params"])
+    assert {id(m.transformer.wte.weight), id(m.lm_head.weight)} <= {id(p) for p in decay["params"]}
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    assert sum(len(g["params"]) for g in (hidden, decay, no_decay)) == len(list(m.parameters()))
+    opt = MuonWithAdamW(param_groups(m, hidden=True), lr=0.02, momentum=0.95, nesterov=True, ns_steps=5,
+                        weight_decay=0.0, adamw_lr=1e-3, adamw_betas=[0.9, 0.99], adamw_weight_decay=0.1)
+    assert [g["name"] for g in opt.param_groups] == ["hidden", "decay", "no_decay"]
+    assert opt.param_groups[0] is opt.muon.param_groups[0]  # the schedule's lr reaches Muon itself
+
+
+def test_muon_trains_and_resumes_exactly(cfg_factory, tmp_path):
+    from gptlab.train import train
+
+    common = ("optim=muon", "trainer.val_check_interval=5", "scheduler.total_steps=12", "sample_tokens=0")
+    straight = train(cfg_factory(*common, "trainer.max_steps=12", out="straight"))
+    train(cfg_factory(*common, "trainer.max_steps=6", out="first"))
+    resumed = train(cfg_factory(*common, "trainer.max_steps=12", f"ckpt_path={tmp_path / 'first'}", out="second"))
+    assert resumed["val/loss"] == pytest.approx(straight["val/loss"], abs=1e-5)
+    a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "second/checkpoints/last.ckpt", weights_only=True)
+    for k, v in a["state_dict"].items():
+        assert torch.allclose(v, b["state_dict"][k], atol=1e-5), k
+    assert a["optimizer_states"][0]["muon"]["state"] and a["optimizer_states"][0]["adamw"]["state"]
+
+
+def test_muon_under_fsdp_is_one_line(cfg_factory):
+    from gptlab.errors import GptlabError
+    from gptlab.train import build
+
+    with pytest.raises(GptlabError, match="optim=muon cannot run under FSDP"):
+        build(cfg_factory("optim=muon", "trainer.strategy=fsdp"))

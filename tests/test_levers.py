@@ -125,3 +125,10 @@ def test_muon_under_fsdp_is_one_line(cfg_factory):
 
     with pytest.raises(GptlabError, match="optim=muon cannot run under FSDP"):
         build(cfg_factory("optim=muon", "trainer.strategy=fsdp"))
+
+
+def test_muon_takes_a_recipe_written_for_adamw(cfg_factory):
+    from gptlab.train import build
+
+    trainer, module, _ = build(cfg_factory("experiment=shakespeare_cpu", "optim=muon", "optim.lr=0.02"))
+    assert module.optimizer_factory.keywords["foreach"] is True and module.optimizer_factory.keywords["lr"] == 0.02

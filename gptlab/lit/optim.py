@@ -46,6 +46,7 @@ class MuonConfig:
     adamw_lr: float = 1e-3  # AdamW's lr, for everything else
     adamw_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     adamw_weight_decay: float = 0.1  # embeddings and head; biases and norm gains get none
+    foreach: Optional[bool] = None  # AdamW's batched update over its tensors (as optim=adamw's)
 
     def __post_init__(self) -> None:
         for name in ("lr", "adamw_lr"):
@@ -66,11 +67,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
     HIDDEN_MATRICES = True  # build_optimizer hands it param_groups(model, hidden=True)
 
     def __init__(self, params: list[dict], lr: float, momentum: float, nesterov: bool, ns_steps: int,
-                 weight_decay: float, adamw_lr: float, adamw_betas: list[float], adamw_weight_decay: float) -> None:
+                 weight_decay: float, adamw_lr: float, adamw_betas: list[float], adamw_weight_decay: float,
+                 foreach: Optional[bool] = None) -> None:
         self.muon = torch.optim.Muon([g for g in params if g.get("muon")], lr=lr, momentum=momentum,
                                      nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
         self.adamw = torch.optim.AdamW([g for g in params if not g.get("muon")], lr=adamw_lr,
-                                       betas=tuple(adamw_betas), weight_decay=adamw_weight_decay)
+                                       betas=tuple(adamw_betas), weight_decay=adamw_weight_decay, foreach=foreach)
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {})  # the same group dicts
 
     @torch.no_grad()

@@ -55,8 +55,9 @@ def test_train_writes_checkpoints_logs_and_returns_val_loss(cfg_factory, tmp_pat
     assert loaded.model(x)[0].shape == (1, 6, 65)
 
 
-def test_resumed_run_continues_where_it_stopped(cfg_factory, tmp_path):
-    common = ("trainer.val_check_interval=5", "scheduler.total_steps=20", "optim.lr=3e-3")
+@pytest.mark.parametrize("optim", ["adamw", "muon"])  # muon: two optimizers' states in one, restored exactly
+def test_resumed_run_continues_where_it_stopped(cfg_factory, tmp_path, optim):
+    common = ("trainer.val_check_interval=5", "scheduler.total_steps=20", "optim.lr=3e-3", f"optim={optim}")
     straight = train(cfg_factory(*common, "trainer.max_steps=20", out="straight"))
     train(cfg_factory(*common, "trainer.max_steps=10", out="first"))
     resumed = train(cfg_factory(*common, "trainer.max_steps=20", f"ckpt_path={tmp_path / 'first'}", out="second"))

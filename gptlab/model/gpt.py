@@ -103,13 +103,17 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, bias=config.bias)
 
 
-def rotate(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
-    """Rotary embedding: channel pairs (i, i + hs/2) of x (B, nh, T, hs) turned by the angle pos * base^(-2i/hs),
-    so q.k depends on positions only through their difference. Angles in float32 whatever x's dtype."""
+def rotation_table(positions: int, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angle position * base^(-2i/hs) of every position and channel pair i: 2 x (positions, hs/2)."""
+    half = head_size // 2
+    angle = torch.arange(positions, dtype=torch.float32)[:, None] * base ** (-torch.arange(half) / half)
+    return angle.cos(), angle.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding: channel pairs (i, i + hs/2) of x (B, nh, T, hs) turned by their position's angles
+    (cos, sin: (T, hs/2)), so q.k depends on positions only through their difference."""
     half = x.size(-1) // 2
-    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (hs/2,)
-    angle = pos.float().unsqueeze(-1) * freqs  # (T, hs/2)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -122,7 +126,11 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv_head, self.hs = config.n_head, config.kv_heads, config.head_size
         self.dropout = config.dropout
         self.explicit = config.attention == "explicit"
-        self.rope_base = config.rope_base if config.pos == "rope" else None
+        self.rope = config.pos == "rope"
+        if self.rope:  # every position's rotation, computed once (not saved: it follows from the config)
+            cos, sin = rotation_table(config.block_size, self.hs, config.rope_base)
+            self.register_buffer("cos", cos, persistent=False)
+            self.register_buffer("sin", sin, persistent=False)
         # q, k, v in one matmul (with grouped-query attention, k and v have fewer heads than q)
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.n_kv_head * self.hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -140,9 +148,10 @@ class CausalSelfAttention(nn.Module):
         q = self.q_norm(q.view(B, T, self.n_head, self.hs).transpose(1, 2))
         k = self.k_norm(k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2))
         v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)
-        if self.rope_base is not None:  # positions enter here, as rotations of q and k, not as a table
-            pos = torch.arange(T, device=x.device) if input_pos is None else input_pos
-            q, k = rotate(q, pos, self.rope_base), rotate(k, pos, self.rope_base)
+        if self.rope:  # positions enter here, as rotations of q and k, not as a table
+            cos, sin = (self.cos[:T], self.sin[:T]) if input_pos is None else (self.cos[input_pos], self.sin[input_pos])
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if input_pos is not None:  # generation: store the new keys and values, attend over the whole cache
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_head, L, hs)
         if self.n_kv_head != self.n_head:  # grouped-query: each k, v head serves n_head / n_kv_head q heads

@@ -207,6 +207,17 @@ def register_configs() -> None:
         cs.store(name=f"{n}_schema", node=node)
 
 
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"n_layer": 4}} -> {"model.n_layer": 4}; Hydra's `_target_` keys left out."""
+    if not isinstance(node, dict):
+        return {prefix: node if isinstance(node, (int, float, str, bool)) else str(node)}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if not str(k).startswith("_"):
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def composed(config_name: str, overrides: list[str]) -> DictConfig:
     """Hydra's composition of a config of conf/ (or the ConfigStore) with overrides, inside a Hydra app or not."""
     if GlobalHydra.instance().is_initialized():

@@ -16,7 +16,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab import checkpoint
-from gptlab.config import TrainConfig, composed, to_spec
+from gptlab.config import TrainConfig, composed, flat, to_spec
 from gptlab.data import DataConfig
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, GPTConfig, ConfigError, adapt
@@ -131,17 +131,6 @@ def run_config(cfg: Any) -> dict:
     if c["data"].get("path") and not str(c["data"]["path"]).startswith("hf:"):  # hf:NAME is not a file
         c["data"]["path"] = str(Path(c["data"]["path"]).expanduser().resolve())
     return c
-
-
-def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    """{"model": {"n_layer": 4}} -> {"model.n_layer": 4}; Hydra's `_target_` keys left out."""
-    if not isinstance(node, dict):
-        return {prefix: node if isinstance(node, (int, float, str, bool)) else str(node)}
-    out: dict[str, Any] = {}
-    for k, v in node.items():
-        if not str(k).startswith("_"):
-            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def keep_log(cfg: DictConfig) -> None:

@@ -42,19 +42,21 @@ from gptlab.errors import GptlabError
 from gptlab.files import atomic_write
 from gptlab.lit.safety import NonFiniteLoss
 from gptlab.plot import plot
+from gptlab.rundir import RunDir
 
 # set in the environment of a job's own run, so that it records a failure in result.json as a sweep job does
 SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
 
+RESULT = RunDir(Path(".")).result.name  # the file a job leaves in its run dir
 COLUMNS = ["job", "status", "val/loss", "val/bpc", "best_step", "steps", "wall_s", "overrides", "error"]
 
 
-def write_result(out_dir: Path, name: str = "result.json", **result: Any) -> None:
+def write_result(out_dir: Path, name: str = RESULT, **result: Any) -> None:
     # atomic: a process killed mid-write (a DDP rank taken down with its job) leaves no half a file
     atomic_write(out_dir / name, lambda f: f.write(json.dumps(result, indent=1)), mode="w")
 
 
-def read_result(out_dir: Path, name: str = "result.json") -> dict | None:
+def read_result(out_dir: Path, name: str = RESULT) -> dict | None:
     try:
         return json.loads((out_dir / name).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -62,7 +64,7 @@ def read_result(out_dir: Path, name: str = "result.json") -> dict | None:
 
 
 def read_results(sweep_dir: Path) -> list[dict]:
-    rows = [{**r, "job": f.parent.name} for f in sweep_dir.glob("*/result.json")
+    rows = [{**r, "job": f.parent.name} for f in sweep_dir.glob(f"*/{RESULT}")
             if (r := read_result(f.parent)) is not None]
     return sorted(rows, key=lambda r: (r.get("val/loss") is None or math.isnan(r["val/loss"]), r.get("val/loss") or 0))
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import gptlab
 from gptlab import cli, sweep
-from gptlab.config import (OPTIMIZERS, SCHEDULES, check_top_level, partial_of, register_configs, to_spec,
+from gptlab.config import (OPTIMIZERS, SCHEDULES, check_top_level, flat, partial_of, register_configs, to_spec,
                            tokenizer_spec)
 from gptlab.data import DataConfig, make_datamodule
 from gptlab.devices import auto_compile, check_cpu_compile, lightning_device
@@ -34,7 +34,7 @@ from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops
 from gptlab.lit.trainer import TrainerConfig, lightning_settings
 from gptlab.model import GPTConfig, SamplingConfig, complete
 from gptlab.model.chat import GREEDY, reply
-from gptlab.start import Start, flat, run_config, start
+from gptlab.start import Start, run_config, start
 from gptlab.usage import train_help
 
 register_configs()

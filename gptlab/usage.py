@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from gptlab.config import DEFAULT_OPTIONS, TrainConfig
+from gptlab.config import DEFAULT_OPTIONS, flat, TrainConfig
 
 FIELD_LINE = re.compile(r"^\s+(\w+):[^=]*=\s*(.*?)\s*(?:#\s*(.*))?$")
 
@@ -92,8 +92,6 @@ def group_lines(groups: dict[str, tuple[Optional[str], list[str]]]) -> list[str]
 
 def group_help(group: str) -> str:
     """`--help GROUP`: what each option of a group sets, key by key (a recipe: the keys it changes)."""
-    from gptlab.start import flat
-
     groups = train_groups()
     if group not in groups:
         return f"error: no group {group!r}: one of {', '.join(groups)}"

@@ -141,7 +141,7 @@ class TimeBudget(Callback):
             val_s = self._val_tokens * step_s / max(batch_tokens, 1) * self.FORWARD_SHARE
         # a token generated alone costs ~20x its share of a training step, and a millisecond at least on a CPU
         decode_s = max(20 * step_s / max(batch_tokens, 1), 1e-3 if pl_module.device.type == "cpu" else 0.0)
-        if self._save_s is None:  # the best and the last checkpoint: weights and AdamW's two moments in fp32, at 200 MB/s
+        if self._save_s is None:  # the best and the last checkpoint: weights, AdamW's 2 moments in fp32, at 200 MB/s
             self._save_s = 2 * 12 * sum(p.numel() for p in pl_module.parameters()) / 200e6
         return val_s + self.end_tokens * decode_s + self._save_s
 

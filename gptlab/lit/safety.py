@@ -1,5 +1,5 @@
-"""No work lost (the whole story: docs/ARCHITECTURE.md, "No work lost"): `Safeguards` saves the last checkpoint at the end
-of the step a signal arrived in and stops the run (`Interrupted`), and stops on a NaN or Inf loss before any
+"""No work lost (the whole story: docs/ARCHITECTURE.md, "No work lost"): `Safeguards` saves the last checkpoint at
+the end of the step a signal arrived in and stops the run (`Interrupted`), and stops on a NaN or Inf loss before any
 checkpoint is written from it (`NonFiniteLoss`); `clock_checkpoint` saves by the clock (Lightning's time-interval
 ModelCheckpoint); `AtomicCheckpointIO` writes every checkpoint whole or not at all."""
 

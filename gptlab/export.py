@@ -1,9 +1,10 @@
 """Export a trained model to the Hugging Face format:
 `python -m gptlab.export ckpt_path=RUN_DIR out=exported/`, then `AutoModelForCausalLM.from_pretrained("exported/")`.
 
-Writes config.json (GPT2Config), model.safetensors, generation_config.json and the tokenizer: vocab.json +
-merges.txt for a byte-level BPE, tokenizer.json for a char tokenizer. A model GPT-2's architecture cannot
-express (post-norm) is refused in one line, and nothing is written.
+Writes config.json, model.safetensors, generation_config.json and the tokenizer: vocab.json + merges.txt for a
+byte-level BPE, tokenizer.json for a char tokenizer. The architecture follows the model's options: GPT-2's, or
+Llama (rotary + RMSNorm + SwiGLU, grouped-query attention allowed), or Qwen3 (the same with QK-norm). Any other
+combination is refused in one line naming the option, and nothing is written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gptlab import checkpoint, cli
 from gptlab.config import to_spec
 from gptlab.errors import GptlabError
 from gptlab.model import ConfigError
-from gptlab.model.hf_gpt2 import check_exportable, save_hf_folder
+from gptlab.model.hf_export import architecture, save_hf_folder
 from gptlab.rundir import RunDir
 from gptlab.tokenizers.hf_export import hf_tokenizer_files
 
@@ -39,9 +40,9 @@ def run(node: DictConfig) -> Path:
     cfg = to_spec(ExportConfig, node, "export")
     loaded = checkpoint.load(cfg.ckpt_path)
     try:
-        check_exportable(loaded.model.config)
+        arch = architecture(loaded.model.config)
     except ConfigError as e:
-        raise GptlabError(f"{loaded.path} cannot be exported to GPT-2's format: {e}") from None
+        raise GptlabError(f"{loaded.path} cannot be exported: {e}") from None
     eot = loaded.tokenizer.eot_id
     files = hf_tokenizer_files(loaded.tokenizer, model_max_length=loaded.model.config.block_size)
     run_dir = RunDir.of(loaded.path)
@@ -49,7 +50,7 @@ def run(node: DictConfig) -> Path:
         raise GptlabError(f"{cfg.ckpt_path} is not a gptlab run: say where to write the export, out=FOLDER")
     target = Path(cfg.out).expanduser() if cfg.out else run_dir.export
     out = save_hf_folder(loaded.model, target, tokenizer_files=files, eos_token_id=eot)
-    print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'written':<12}{out}: "
+    print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'written':<12}{out} ({arch}): "
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f"{'load with':<12}transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return out

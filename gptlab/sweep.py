@@ -1,7 +1,8 @@
 """Multirun bookkeeping: each job leaves a result.json; at the end of the sweep a summary table.
 
 `SweepSummary` is a Hydra callback (conf/hydra/default.yaml): after the last job it gathers every job's
-result.json into `<sweep dir>/summary.csv`, one row per job sorted by val/loss, and prints it.
+result.json into `<sweep dir>/summary.csv`, one row per job sorted by val/loss, and prints it, draws the jobs'
+curves in summary.png and, for a lever study (gptlab.ablation), writes ablation.md and ablation.png.
 
 A multirun job that trains on several local devices (trainer=ddp, fsdp, or gpu with devices>1) runs as
 a single run of its own in a child process (`run_as_own_run`): Lightning starts a job's extra ranks by
@@ -36,6 +37,7 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from gptlab import ablation
 from gptlab.cli import USER_ERRORS, one_line
 from gptlab.config import unescape
 from gptlab.errors import GptlabError
@@ -48,6 +50,7 @@ from gptlab.rundir import RunDir
 SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
 
 RESULT = RunDir(Path(".")).result.name  # the file a job leaves in its run dir
+RESULT_KEYS = ("val/loss", "val/bpc", "best_step", "steps", "params", "perf/run_tokens_per_s")  # from train's metrics
 COLUMNS = ["job", "status", "val/loss", "val/bpc", "best_step", "steps", "wall_s", "overrides", "error"]
 
 
@@ -109,6 +112,9 @@ class SweepSummary(Callback):
             print(f"curves: {plot(sweep_dir, sweep_dir / 'summary.png')}")
         except GptlabError as e:
             print(f"(no summary.png: {e})")
+        if ablation.is_study(rows):  # lever lists over seeds (experiment=ablation): the study's table
+            md, png = ablation.write(sweep_dir, rows)
+            print(f"\n{md.read_text(encoding='utf-8')}\nablation: {md}" + (f", {png}" if png else ""))
 
 
 def relaunches_command(trainer_kwargs: dict) -> bool:
@@ -175,7 +181,7 @@ def records_result(relaunches: Callable[[DictConfig], bool]):
             loss = metrics.get("val/loss", math.nan)
             if rank_zero_only.rank == 0 and out_dir.is_dir():  # (debug=fast takes its folder away)
                 write_result(out_dir, status="ok" if math.isfinite(loss) else "nan", wall_s=time.perf_counter() - start,
-                             **{k: metrics.get(k) for k in ("val/loss", "val/bpc", "best_step", "steps")}, **record)
+                             **{k: metrics.get(k) for k in RESULT_KEYS}, **record)
             return loss
 
         return wrapper

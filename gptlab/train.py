@@ -122,6 +122,7 @@ def train(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optio
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["steps"] = trainer.global_step
+    metrics["params"] = module.model.num_params()
     if module.best_step is not None:
         metrics["best_step"] = module.best_step
     if trainer.is_global_zero:

@@ -54,14 +54,18 @@ def settings_lines(spec: type, prefix: str = "", skip: tuple[str, ...] = ()) -> 
     return [ln for ln in lines if "output_dir=" not in ln]  # where Hydra puts the run: not a setting
 
 
-def train_groups() -> dict[str, tuple[Optional[str], list[str]]]:
-    """Each group of conf/train.yaml: its default option and every option it has, as Hydra finds them."""
+def train_groups() -> dict[str, tuple[Any, list[str]]]:
+    """Each group of conf/train.yaml: its default option (a list, [], for a group taken as a list: lever=[a,b])
+    and every option it has, as Hydra finds them."""
     with initialize_config_module("gptlab.conf", version_base="1.3"):
         choices = compose("train", return_hydra_config=True).hydra.runtime.choices
         loader = GlobalHydra.instance().config_loader()
-        # (Hydra lists them last to first; options registered while running, as init_from's model, are left out)
+        # (Hydra lists them last to first and records no choice for a list; options registered while running,
+        # as init_from's model, are left out)
+        defaults = {g: c for g, c in reversed(choices.items()) if not g.startswith("hydra")}
+        defaults |= {g: [] for g in loader.list_groups("") if g not in defaults and g != "hydra"}
         return {g: (c, [o for o in loader.get_group_options(g) if (g, o) in DEFAULT_OPTIONS or _file(g, o).is_file()])
-                for g, c in reversed(choices.items()) if not g.startswith("hydra")}
+                for g, c in defaults.items()}
 
 
 def _file(group: str, option: str) -> Any:
@@ -78,11 +82,12 @@ def about(group: str, option: str) -> str:
                  and not ln.startswith("# @package")), "")
 
 
-def group_lines(groups: dict[str, tuple[Optional[str], list[str]]]) -> list[str]:
+def group_lines(groups: dict[str, tuple[Any, list[str]]]) -> list[str]:
     """One line per option of each group, the default marked with *."""
     lines = []
     for group, (default, options) in groups.items():
-        lines.append(f"  {group}:" + ("" if default else "  (none by default)"))
+        lines.append(f"  {group}:" + ("  (any number: " + f"{group}=[a,b]; none by default)" if default == []
+                                      else "" if default else "  (none by default)"))
         for name in options:
             text = about(group, name)
             text = text if len(text) <= 90 else text[:89].rstrip() + "…"

@@ -22,11 +22,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 
-def run(experiment: str, seed: int, extra: list[str], out_dir: str) -> tuple[float, float, float | None]:
+@dataclass
+class Run:
+    loss: float
+    steps: int
+    wall: float  # seconds, process start to exit
+    budget_s: Optional[float]  # trainer.max_time as the start block states it; None: no time budget
+    precision: str  # as the start block states it, with auto's reason
+
+
+def run(experiment: str, seed: int, extra: list[str], out_dir: str, name: str = "") -> Run:
+    """One training run in a fresh process of the real CLI, in out_dir/<name or seedS>; one line printed."""
+    name = name or f"seed{seed}"
     cmd = [sys.executable, "-m", "gptlab.train", f"experiment={experiment}", f"seed={seed}",
-           f"hydra.run.dir={out_dir}/seed{seed}", *extra]
+           f"hydra.run.dir={out_dir}/{name}", *extra]
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
@@ -41,12 +54,19 @@ def run(experiment: str, seed: int, extra: list[str], out_dir: str) -> tuple[flo
         d, h, mi, s = (int(x) for x in budget.groups())
         budget_s = float(((d * 24 + h) * 60 + mi) * 60 + s)
     precision = re.search(r"precision (\S+)(?: \(auto: (.*)\))?$", proc.stdout, re.M)
+    chosen = (precision.group(1) + (f" ({precision.group(2)})" if precision.group(2) else "")) if precision else ""
+    result = Run(float(m.group(2)), int(m.group(1)), wall, budget_s, chosen)
     kept = "" if budget_s is None else f" (budget {budget_s:.0f} s: {'kept' if wall <= limit(budget_s) else 'OVER'})"
-    chosen = f"  {precision.group(1)}" + (f" ({precision.group(2)})" if precision and precision.group(2) else "") \
-        if precision else ""
-    print(f"seed {seed}: {int(m.group(1)):5d} steps  val/loss {float(m.group(2)):.4f}  wall {wall:6.1f} s{kept}"
-          f"{chosen}", flush=True)
-    return float(m.group(2)), wall, budget_s
+    print(f"{name}: {result.steps:5d} steps  val/loss {result.loss:.4f}  wall {wall:6.1f} s{kept}  {chosen}",
+          flush=True)
+    return result
+
+
+def prepare(experiment: str, extra: list[str], out_dir: str) -> None:
+    """Build (or find) the token cache outside the timed runs: the targets are for cached token files."""
+    subprocess.run([sys.executable, "-m", "gptlab.train", f"experiment={experiment}", "trainer.max_steps=1",
+                    "trainer.max_time=null", "sample_tokens=0", f"hydra.run.dir={out_dir}/prepare", *extra],
+                   check=True, capture_output=True, env={**os.environ})
 
 
 def limit(budget_s: float) -> float:
@@ -62,12 +82,9 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="more overrides, after --")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        # build (or find) the token cache outside the timed runs: the target is for cached token files
-        subprocess.run([sys.executable, "-m", "gptlab.train", f"experiment={args.experiment}", "trainer.max_steps=1",
-                        "trainer.max_time=null", "sample_tokens=0", f"hydra.run.dir={out}/prepare", *args.extra],
-                       check=True, capture_output=True, env={**os.environ})
+        prepare(args.experiment, args.extra, out)
         results = [run(args.experiment, s, args.extra, out) for s in args.seeds]
-    losses, walls, budgets = zip(*results)
+    losses, walls, budgets = [r.loss for r in results], [r.wall for r in results], [r.budget_s for r in results]
     kept = sum(b is not None and w <= limit(b) for w, b in zip(walls, budgets))
     budget = f" (budget {budgets[0]:.0f} s: kept by {kept} of {len(walls)} runs)" if budgets[0] is not None else ""
     print(f"recipe val/loss median: {statistics.median(losses):.3f} in {statistics.median(walls):.0f} s median{budget}")

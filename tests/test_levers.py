@@ -10,7 +10,7 @@ import torch
 
 from gptlab import checkpoint
 from gptlab.model import GPT, ConfigError, GPTConfig, generate
-from gptlab.model.hf_gpt2 import check_exportable
+from gptlab.model.hf_export import exporter
 
 LEVERS = {
     "rope": dict(pos="rope"), "rmsnorm": dict(norm_type="rmsnorm"), "qk_norm": dict(qk_norm=True),
@@ -72,9 +72,10 @@ def test_a_run_with_the_lever_trains_and_loads_back(lever, cfg_factory, tmp_path
 
 
 @pytest.mark.parametrize("lever", [k for k in LEVERS if k != "zero_init"])
-def test_the_gpt2_export_refuses_what_gpt2_cannot_hold(lever):
-    with pytest.raises(ConfigError, match="cannot be exported: GPT-2 has"):
-        check_exportable(model(lever).config)
+def test_a_lever_alone_is_refused_by_the_export_in_one_line(lever):
+    # alone, each lever leaves GPT-2's layout, and only rope + rmsnorm + swiglu make a Llama (tests/test_hf_llama.py)
+    with pytest.raises(ConfigError, match=r"^model\.\w+=\S+ cannot be exported: (GPT-2|Llama and Qwen3) ha"):
+        exporter(model(lever).config)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -98,10 +99,11 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert {id(m.transformer.wte.weight), id(m.lm_head.weight)} <= {id(p) for p in decay["params"]}
     assert all(p.dim() == 1 for p in no_decay["params"])
     assert sum(len(g["params"]) for g in (hidden, decay, no_decay)) == len(list(m.parameters()))
-    opt = MuonWithAdamW(param_groups(m, hidden=True), lr=0.02, momentum=0.95, nesterov=True, ns_steps=5,
-                        weight_decay=0.0, adamw_lr=1e-3, adamw_betas=[0.9, 0.99], adamw_weight_decay=0.1)
+    opt = MuonWithAdamW(param_groups(m, hidden=True), lr=1e-3, betas=[0.9, 0.99], eps=1e-8, weight_decay=0.1,
+                        muon_lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, muon_weight_decay=0.0)
     assert [g["name"] for g in opt.param_groups] == ["hidden", "decay", "no_decay"]
     assert opt.param_groups[0] is opt.muon.param_groups[0]  # the schedule's lr reaches Muon itself
+    assert [g["lr"] for g in opt.param_groups] == [0.02, 1e-3, 1e-3]
 
 
 def test_muon_under_fsdp_is_one_line(cfg_factory):
@@ -115,5 +117,7 @@ def test_muon_under_fsdp_is_one_line(cfg_factory):
 def test_muon_takes_a_recipe_written_for_adamw(cfg_factory):
     from gptlab.train import build
 
-    trainer, module, _ = build(cfg_factory("experiment=shakespeare_cpu", "optim=muon", "optim.lr=0.02"))
-    assert module.optimizer_factory.keywords["foreach"] is True and module.optimizer_factory.keywords["lr"] == 0.02
+    # the recipe's AdamW settings (lr 5e-3, foreach) become those of Muon's AdamW part; Muon keeps its own lr
+    trainer, module, _ = build(cfg_factory("experiment=shakespeare_cpu", "optim=muon"))
+    keywords = module.optimizer_factory.keywords
+    assert keywords["foreach"] is True and keywords["lr"] == 5e-3 and keywords["muon_lr"] == 0.02

@@ -189,13 +189,15 @@ def _val_tokens(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
 
 
 class Throughput(Callback):
-    """Logs training tokens per second (`perf/tokens_per_s`) and model FLOP utilisation (`perf/mfu`: the
-    model's training FLOPs per second over the device's dense peak), averaged over each logging interval.
-    Host-side counters only: nothing here waits for the GPU."""
+    """Logs training tokens per second (`perf/tokens_per_s`, over each logging interval; `perf/run_tokens_per_s`,
+    over the whole run so far) and model FLOP utilisation (`perf/mfu`: the model's training FLOPs per second
+    over the device's dense peak). Evaluation time is not counted. Host-side counters only: nothing here
+    waits for the GPU."""
 
     def __init__(self) -> None:
         self.t0: Optional[float] = None
         self.tokens = 0
+        self.run_tokens, self.run_seconds = 0, 0.0
         self.peak: Optional[float] = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -209,8 +211,11 @@ class Throughput(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens += batch[0].numel() * trainer.world_size
         if (trainer.global_step % trainer.log_every_n_steps == 0) and trainer.global_step > 0 and self.t0:
-            rate = self.tokens / (time.perf_counter() - self.t0)
+            seconds = time.perf_counter() - self.t0
+            rate = self.tokens / seconds
+            self.run_tokens, self.run_seconds = self.run_tokens + self.tokens, self.run_seconds + seconds
             pl_module.log("perf/tokens_per_s", rate, rank_zero_only=True)
+            pl_module.log("perf/run_tokens_per_s", self.run_tokens / self.run_seconds, rank_zero_only=True)
             if self.peak:
                 flops = pl_module.model.flops_per_token(batch[0].size(1)) * rate
                 pl_module.log("perf/mfu", flops / (self.peak * trainer.world_size), rank_zero_only=True)

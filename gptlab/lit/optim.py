@@ -35,28 +35,25 @@ class AdamWConfig:
 
 
 @dataclass
-class MuonConfig:
-    """Muon (torch.optim.Muon) for the blocks' matrices, AdamW for embeddings, head, biases and norm gains."""
+class MuonConfig(AdamWConfig):
+    """Muon (torch.optim.Muon) for the blocks' matrices; AdamW, with optim=adamw's keys, for embeddings, head,
+    biases and norm gains. A recipe's lr, betas and weight decay, written for AdamW, carry over to that part."""
 
-    lr: float = 0.02  # Muon's lr, for the hidden matrices (their updates are orthogonalised, so of unit size)
+    muon_lr: float = 0.02  # for the hidden matrices, whose updates are orthogonalised: each of unit size
     momentum: float = 0.95
     nesterov: bool = True
     ns_steps: int = 5  # Newton-Schulz iterations that orthogonalise each update
-    weight_decay: float = 0.0  # on the hidden matrices
-    adamw_lr: float = 1e-3  # AdamW's lr, for everything else
-    adamw_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    adamw_weight_decay: float = 0.1  # embeddings and head; biases and norm gains get none
-    foreach: Optional[bool] = None  # AdamW's batched update over its tensors (as optim=adamw's)
+    muon_weight_decay: float = 0.0  # on the hidden matrices
 
     def __post_init__(self) -> None:
-        for name in ("lr", "adamw_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"optim.{name} must be > 0, got {getattr(self, name)}")
+        super().__post_init__()
+        if not self.muon_lr > 0:
+            raise ValueError(f"optim.muon_lr must be > 0, got {self.muon_lr}")
         if not 0.0 <= self.momentum < 1.0 or self.ns_steps < 1:
             raise ValueError(f"optim.momentum must be in [0, 1) and optim.ns_steps >= 1, got {self.momentum}, "
                              f"{self.ns_steps}")
-        if len(self.adamw_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adamw_betas):
-            raise ValueError(f"optim.adamw_betas must be two numbers in [0, 1), got {list(self.adamw_betas)}")
+        if self.muon_weight_decay < 0:
+            raise ValueError(f"optim.muon_weight_decay must be >= 0, got {self.muon_weight_decay}")
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
@@ -66,13 +63,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     HIDDEN_MATRICES = True  # build_optimizer hands it param_groups(model, hidden=True)
 
-    def __init__(self, params: list[dict], lr: float, momentum: float, nesterov: bool, ns_steps: int,
-                 weight_decay: float, adamw_lr: float, adamw_betas: list[float], adamw_weight_decay: float,
-                 foreach: Optional[bool] = None) -> None:
-        self.muon = torch.optim.Muon([g for g in params if g.get("muon")], lr=lr, momentum=momentum,
-                                     nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay)
-        self.adamw = torch.optim.AdamW([g for g in params if not g.get("muon")], lr=adamw_lr,
-                                       betas=tuple(adamw_betas), weight_decay=adamw_weight_decay, foreach=foreach)
+    def __init__(self, params: list[dict], lr: float, betas: list[float], eps: float, weight_decay: float,
+                 muon_lr: float, momentum: float, nesterov: bool, ns_steps: int, muon_weight_decay: float,
+                 fused: Optional[bool] = None, foreach: Optional[bool] = None) -> None:
+        self.muon = torch.optim.Muon([g for g in params if g.get("muon")], lr=muon_lr, momentum=momentum,
+                                     nesterov=nesterov, ns_steps=ns_steps, weight_decay=muon_weight_decay)
+        self.adamw = torch.optim.AdamW([g for g in params if not g.get("muon")], lr=lr, betas=tuple(betas), eps=eps,
+                                       weight_decay=weight_decay, fused=fused, foreach=foreach)
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {})  # the same group dicts
 
     @torch.no_grad()

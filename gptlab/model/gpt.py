@@ -92,14 +92,28 @@ class GPTConfig:
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
 
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's width: 4 C; SwiGLU has three matrices to the others' two, so 8/3 C (a multiple of 16)
+        keeps its parameters at ~8 C^2."""
+        return 16 * round(8 * self.n_embd / 3 / 16) if self.activation == "swiglu" else 4 * self.n_embd
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class RMSNorm(nn.RMSNorm):
+    """x / rms(x) * gain, computed in float32 as LayerNorm is under autocast (and as Llama computes it): PyTorch's
+    fused kernel wants the input and the gain in one dtype, and under bf16 autocast they are not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
 
 
 def make_norm(config: GPTConfig, dim: int) -> nn.Module:
     """LayerNorm (GPT-2) or RMSNorm (a gain, no bias, no mean subtracted)."""
     if config.norm_type == "rmsnorm":
-        return nn.RMSNorm(dim, eps=1e-6)
+        return RMSNorm(dim, eps=1e-6)
     return nn.LayerNorm(dim, bias=config.bias)
 
 
@@ -134,7 +148,7 @@ class CausalSelfAttention(nn.Module):
         # q, k, v in one matmul (with grouped-query attention, k and v have fewer heads than q)
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.n_kv_head * self.hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.q_norm, self.k_norm = (nn.RMSNorm(self.hs, eps=1e-6), nn.RMSNorm(self.hs, eps=1e-6)) if config.qk_norm \
+        self.q_norm, self.k_norm = (RMSNorm(self.hs, eps=1e-6), RMSNorm(self.hs, eps=1e-6)) if config.qk_norm \
             else (nn.Identity(), nn.Identity())
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -185,9 +199,7 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.activation, C = config.activation, config.n_embd
-        # SwiGLU has three matrices to the others' two: 8/3 C wide (a multiple of 16) keeps ~8 C^2 parameters
-        hidden = 16 * round(8 * C / 3 / 16) if self.activation == "swiglu" else 4 * C
+        self.activation, C, hidden = config.activation, config.n_embd, config.mlp_hidden
         self.c_fc = nn.Linear(C, 2 * hidden if self.activation == "swiglu" else hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, C, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

@@ -2,7 +2,8 @@
 
 Import: `load_hf_folder(path)` reads a folder written by `GPT2LMHeadModel.save_pretrained` (config.json and
 model.safetensors or pytorch_model.bin) into a GPTConfig and a state dict that `GPT.load_state_dict` takes.
-Export: `save_hf_folder(model, out_dir)` writes a folder that `AutoModelForCausalLM.from_pretrained` loads.
+Export: `config_to_hf` and `state_dict_to_hf`, which gptlab.model.hf_export writes as a folder that
+`AutoModelForCausalLM.from_pretrained` loads.
 
 The parameter names already match (gptlab follows GPT-2's checkpoint), so the conversion is small:
 - GPT-2 stores its linear layers as `Conv1D`, a (in, out) matrix; nn.Linear holds (out, in): transpose.
@@ -18,8 +19,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -99,7 +98,7 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[s
     return out
 
 
-def _safetensors():
+def safetensors_module():
     try:
         import safetensors.torch
     except ImportError:
@@ -110,7 +109,7 @@ def _safetensors():
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
-            return _safetensors().load_file(str(path))
+            return safetensors_module().load_file(str(path))
         sd = torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no code is unpickled
     except GptlabError:
         raise
@@ -156,24 +155,22 @@ def gpt_from_hf_folder(path: PathLike) -> GPT:
     return model.eval()
 
 
-def check_exportable(config: GPTConfig) -> None:
-    """ConfigError naming the setting GPT-2's architecture cannot express."""
+def mismatch(config: GPTConfig) -> Optional[str]:
+    """The first option GPT-2's layout cannot hold, in one line; None: exportable as GPT-2.
+    (bias=False exports as zero biases and tie_weights=False as a separate lm_head.weight: both exact.)"""
     if config.norm != "pre":
-        raise ConfigError(f"model.norm={config.norm!r} cannot be exported: GPT-2 is pre-norm (norm=pre) only")
-    if config.vocab_size is None:
-        raise ConfigError("model.vocab_size is not set: build the model before exporting it")
+        return f"model.norm={config.norm!r} cannot be exported: GPT-2 is pre-norm (norm='pre') only"
     later = {"pos": "learned", "norm_type": "layernorm", "qk_norm": False, "n_kv_head": None, "logit_softcap": None}
     for name, gpt2 in later.items():  # the levers of later models: GPT-2's layout has no place for them
         if getattr(config, name) != gpt2 and not (name == "n_kv_head" and config.kv_heads == config.n_head):
-            raise ConfigError(f"model.{name}={getattr(config, name)!r} cannot be exported: GPT-2 has {name}={gpt2!r}")
+            return f"model.{name}={getattr(config, name)!r} cannot be exported: GPT-2 has {name}={gpt2!r}"
     if config.activation not in ("gelu", "relu"):
-        raise ConfigError(f"model.activation={config.activation!r} cannot be exported: GPT-2 has gelu (or relu)")
-    # bias=False exports as zero biases and tie_weights=False as a separate lm_head.weight: both exact
+        return f"model.activation={config.activation!r} cannot be exported: GPT-2 has gelu (or relu)"
+    return None
 
 
 def config_to_hf(config: GPTConfig, eos_token_id: Optional[int] = None) -> dict:
     """The config.json of a GPT2LMHeadModel with the same architecture."""
-    check_exportable(config)
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
             "n_head": config.n_head, "n_inner": None,  # None: 4 * n_embd
@@ -183,53 +180,16 @@ def config_to_hf(config: GPTConfig, eos_token_id: Optional[int] = None) -> dict:
             "tie_word_embeddings": config.tie_weights, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
 
 
-def state_dict_to_hf(sd: dict[str, torch.Tensor], tie_weights: bool) -> dict[str, torch.Tensor]:
+def state_dict_to_hf(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
     """gptlab weights as GPT2LMHeadModel saves them: Conv1D layout, zero biases where gptlab has none, a tied
     head left out (as save_pretrained does; GPT2LMHeadModel ties it again on load)."""
     out = {}
     for key, t in sd.items():
-        if key == "lm_head.weight" and tie_weights:
+        if key == "lm_head.weight" and config.tie_weights:
             continue
         t = t.detach().cpu()
         out[key] = (t.t() if key.endswith(CONV1D) else t).contiguous()  # contiguous: own storage for safetensors
         bias = key.removesuffix(".weight") + ".bias"  # bias=False: GPT-2 adds zeros, the same function
         if key.startswith(("transformer.h.", "transformer.ln_f.")) and key.endswith(".weight") and bias not in sd:
             out[bias] = torch.zeros(t.shape[0], dtype=t.dtype)
-    return out
-
-
-def save_hf_folder(model: GPT, out_dir: PathLike, tokenizer_files: Optional[dict[str, str]] = None,
-                   eos_token_id: Optional[int] = None) -> Path:
-    """Write a folder that AutoModelForCausalLM.from_pretrained loads: config.json, model.safetensors,
-    generation_config.json and the tokenizer files given. bos is eos, as in GPT-2."""
-    check_exportable(model.config)  # before anything touches the disk
-    out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise GptlabError(f"{out} already exists and is not empty: choose a new folder or delete it")
-    safetensors = _safetensors()
-    sd = state_dict_to_hf(model.state_dict(), model.config.tie_weights)
-    hf_config = config_to_hf(model.config, eos_token_id)
-    hf_config["torch_dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")
-    generation = {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
-    files = {**(tokenizer_files or {}),  # first: the model's own files below win over same-named ones
-             "config.json": json.dumps(hf_config, indent=2) + "\n",
-             "generation_config.json": json.dumps(generation, indent=2) + "\n"}
-    # write beside the target, then rename: a crash never leaves a half-written model folder
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        safetensors.save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for name, content in files.items():
-            (tmp / name).write_bytes(content.encode("utf-8"))
-        umask = os.umask(0)
-        os.umask(umask)
-        for f in tmp.iterdir():  # as readable as any file the user writes (safetensors writes them private)
-            f.chmod(0o666 & ~umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes the folder private
-        if out.exists():
-            out.rmdir()  # the empty folder the check above allowed
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

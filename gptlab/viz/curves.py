@@ -1,5 +1,6 @@
 """Loss curves of runs: read from their TensorBoard logs, drawn as one PNG (val/loss and train/loss against steps
-and against wall time, a line per run labelled by its overrides). Needs matplotlib (the `viz` extra)."""
+and against wall time, a line per run labelled by its overrides); a lever study's arms as bars. Needs matplotlib
+(the `viz` extra)."""
 
 from __future__ import annotations
 
@@ -32,15 +33,43 @@ def read_curves(log_dir: Path, label: str) -> Curves:
     return Curves(label, series)
 
 
-def save_curves(runs: list[Curves], path: Path, title: str = "") -> Path:
-    """Two panels, val/loss (thick) and train/loss (thin, faint) against steps and against wall time."""
+def figure(width: float, height: float):
+    """A matplotlib Figure drawn with Agg alone: no global backend, no window."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise GptlabError('the plot needs matplotlib: pip install -e ".[viz]"') from None
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
-    FigureCanvasAgg(fig)  # Agg on this figure only: no global backend, no window
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_ablation_bars(names: list[str], means: list[float], half_spreads: list[float], verdicts: list[str],
+                       path: Path, title: str = "") -> Path:
+    """One bar per arm of a lever study, its mean val/loss with the seeds' spread as an error bar, coloured by
+    verdict; the first arm (the baseline) as a dashed line."""
+    fig = figure(9, 0.42 * len(names) + 1.4)
+    ax = fig.subplots()
+    colors = {"pays": "C2", "hurts": "C3", "noise": "C7", "": "C0"}
+    rows = list(range(len(names)))[::-1]  # the first arm on top
+    ax.barh(rows, means, xerr=half_spreads, color=[colors[v] for v in verdicts], capsize=3)
+    ax.set_yticks(rows, [f"{n}  ({v})" if v else n for n, v in zip(names, verdicts)], fontsize="small")
+    low, high = min(m - s for m, s in zip(means, half_spreads)), max(m + s for m, s in zip(means, half_spreads))
+    ax.set_xlim(low - 0.25 * (high - low) - 1e-3, high + 0.1 * (high - low) + 1e-3)
+    ax.axvline(means[0], color="k", ls="--", lw=1)
+    ax.set(xlabel="val/loss, mean over seeds (error bar: half the spread; green pays, red hurts, grey noise)")
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def save_curves(runs: list[Curves], path: Path, title: str = "") -> Path:
+    """Two panels, val/loss (thick) and train/loss (thin, faint) against steps and against wall time."""
+    fig = figure(12, 4.8)
     by_step, by_time = fig.subplots(1, 2, sharey=True)
     for i, run in enumerate(runs):
         color = f"C{i % 10}"

@@ -230,10 +230,14 @@ def test_debug_modes_run(cfg_factory, tmp_path, debug):
         assert "FIT Profiler Report" in (tmp_path / "run" / "fit-profile.txt").read_text()
 
 
+LEVERS = "lever=[rope,rmsnorm,qk_norm,swiglu,gqa,softcap,zero_init,untied,muon]"  # every one that adds an op
+
+
 def test_cli_ddp_on_cpu_writes_one_run_dir(tmp_path, cache_dir):
-    """Two processes over gloo: Lightning re-launches the command for rank 1 with this run's hydra.run.dir."""
+    """Two processes over gloo: Lightning re-launches the command for rank 1 with this run's hydra.run.dir.
+    With the levers of later GPTs and Muon, which DDP must carry as it carries GPT-2 and AdamW."""
     fresh_cache = tmp_path / "cache"
-    r = cli(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", cache=fresh_cache)
+    r = cli(tmp_path, *FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", LEVERS, cache=fresh_cache)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("tokenizing ") == 1  # the data is prepared once, by rank 0
     (run,) = (tmp_path / "outputs").glob("*/*")  # one run dir for both ranks
@@ -268,7 +272,7 @@ def test_cli_ddp_jobs_in_a_multirun(tmp_path, cache_dir):
 
 
 def test_compiled_run_leaves_plain_checkpoint_keys(cfg_factory, tmp_path):
-    train(cfg_factory("compile=true", "trainer.max_steps=2", "trainer.val_check_interval=2",
+    train(cfg_factory("compile=true", LEVERS, "trainer.max_steps=2", "trainer.val_check_interval=2",
                       "trainer.limit_val_batches=1", "sample_tokens=0", "callbacks.text_samples.max_new_tokens=2"))
     keys = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["state_dict"].keys()
     assert "model.transformer.wte.weight" in keys and not any("_orig_mod" in k for k in keys)

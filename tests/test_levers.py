@@ -121,3 +121,27 @@ def test_muon_takes_a_recipe_written_for_adamw(cfg_factory):
     trainer, module, _ = build(cfg_factory("experiment=shakespeare_cpu", "optim=muon"))
     keywords = module.optimizer_factory.keywords
     assert keywords["foreach"] is True and keywords["lr"] == 5e-3 and keywords["muon_lr"] == 0.02
+
+
+def test_float32_newton_schulz_takes_the_step_torch_muon_takes_and_shares_its_state():
+    """Where bf16 matmuls are slow, Muon orthogonalises in float32: the same update up to bf16's rounding, the
+    same state, so a checkpoint moves between the two kinds of machine."""
+    from gptlab.lit.optim import Float32Muon
+
+    torch.manual_seed(0)
+    weights = [torch.randn(48, 16), torch.randn(16, 64)]
+    grads = [[torch.randn_like(w) for w in weights] for _ in range(3)]
+    params, opts = {}, {}
+    for kind, cls in (("torch", torch.optim.Muon), ("float32", Float32Muon)):
+        params[kind] = [torch.nn.Parameter(w.clone()) for w in weights]
+        opts[kind] = cls(params[kind], lr=0.02, weight_decay=0.01, momentum=0.95, nesterov=True)
+        for step in grads:
+            for p, g in zip(params[kind], step):
+                p.grad = g.clone()
+            opts[kind].step()
+    for a, b, w in zip(params["torch"], params["float32"], weights):
+        moved = (a - w).norm()
+        assert moved > 0.05 and (a - b).norm() < 0.03 * moved  # bf16 keeps ~3 significant digits
+    state = opts["torch"].state_dict()
+    opts["float32"].load_state_dict(state)
+    assert opts["float32"].state_dict()["state"].keys() == state["state"].keys() == {0, 1}

@@ -4,11 +4,13 @@ AdamW for the rest (`optim=muon`, MuonWithAdamW)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 
+from gptlab.devices import has_fast_bf16
 from gptlab.model import GPT, param_groups
 
 
@@ -44,9 +46,14 @@ class MuonConfig(AdamWConfig):
     nesterov: bool = True
     ns_steps: int = 5  # Newton-Schulz iterations that orthogonalise each update
     muon_weight_decay: float = 0.0  # on the hidden matrices
+    # Newton-Schulz in "bfloat16" (torch.optim.Muon's own) or "float32" (where bf16 matmuls are slow: CPUs
+    # without bf16 units, ~12x); auto: bfloat16 where they are fast (the probe behind trainer.precision=auto)
+    newton_schulz: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.newton_schulz not in ("auto", "bfloat16", "float32"):
+            raise ValueError(f"optim.newton_schulz must be auto, bfloat16 or float32, got {self.newton_schulz!r}")
         if not self.muon_lr > 0:
             raise ValueError(f"optim.muon_lr must be > 0, got {self.muon_lr}")
         if not 0.0 <= self.momentum < 1.0 or self.ns_steps < 1:
@@ -65,9 +72,14 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     def __init__(self, params: list[dict], lr: float, betas: list[float], eps: float, weight_decay: float,
                  muon_lr: float, momentum: float, nesterov: bool, ns_steps: int, muon_weight_decay: float,
-                 fused: Optional[bool] = None, foreach: Optional[bool] = None) -> None:
-        self.muon = torch.optim.Muon([g for g in params if g.get("muon")], lr=muon_lr, momentum=momentum,
-                                     nesterov=nesterov, ns_steps=ns_steps, weight_decay=muon_weight_decay)
+                 newton_schulz: str = "auto", fused: Optional[bool] = None, foreach: Optional[bool] = None) -> None:
+        hidden = [g for g in params if g.get("muon")]
+        if newton_schulz == "auto":
+            device = next((p.device for g in hidden for p in g["params"]), torch.device("cpu"))
+            newton_schulz = "bfloat16" if has_fast_bf16(device) else "float32"
+        muon = torch.optim.Muon if newton_schulz == "bfloat16" else Float32Muon
+        self.muon = muon(hidden, lr=muon_lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                         weight_decay=muon_weight_decay)
         self.adamw = torch.optim.AdamW([g for g in params if not g.get("muon")], lr=lr, betas=tuple(betas), eps=eps,
                                        weight_decay=weight_decay, fused=fused, foreach=foreach)
         super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {})  # the same group dicts
@@ -89,6 +101,54 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
         self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]  # loading made new group dicts
+
+
+class Float32Muon(torch.optim.Muon):
+    """torch.optim.Muon with its Newton-Schulz iterations in float32 rather than bfloat16, for devices where a
+    bf16 matmul is slower than an fp32 one (a CPU without bf16 units: ~12x, which made Muon's step take longer
+    than the forward and backward passes). The same groups, state (momentum_buffer) and update otherwise, so a
+    checkpoint moves between the two."""
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.to(p.dtype), alpha=-group["lr"] * muon_lr_scale(p.shape, group["adjust_lr_fn"]))
+        return loss
+
+
+def orthogonalize(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
+                  eps: float) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration in float32: update -> roughly the nearest semi-orthogonal matrix
+    (its singular values pushed towards 1)."""
+    a, b, c = coefficients
+    x = update.float()
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T  # iterate on the wide side: X X^T is the smaller Gram matrix
+    x = x / x.norm().clamp(min=eps)  # the spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x if wide else x.T
+
+
+def muon_lr_scale(shape: torch.Size, adjust_lr_fn: Optional[str]) -> float:
+    """torch.optim.Muon's lr adjustment for a (rows, cols) matrix."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1, rows / cols))  # "original", the default
 
 
 def optimizer_groups(factory: Callable[..., torch.optim.Optimizer], model: GPT) -> list[dict]:

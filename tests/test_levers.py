@@ -145,3 +145,28 @@ def test_float32_newton_schulz_takes_the_step_torch_muon_takes_and_shares_its_st
     state = opts["torch"].state_dict()
     opts["float32"].load_state_dict(state)
     assert opts["float32"].state_dict()["state"].keys() == state["state"].keys() == {0, 1}
+
+
+def test_a_modern_model_is_fine_tuned_into_a_chat_model_and_answers(cfg_factory, tmp_path):
+    """init_from a run with the levers, SFT on conversations (the vocabulary grows by the chat markers, the head
+    untied), then a chat answer through the KV cache: each lever goes wherever a model goes."""
+    import json
+
+    from gptlab.model.chat import reply
+    from gptlab.model.sampling import SamplingConfig
+    from gptlab.train import train
+
+    levers = "lever=[rope,rmsnorm,qk_norm,swiglu,gqa,softcap,untied,muon]"
+    train(cfg_factory(levers, "trainer.max_steps=3", "sample_tokens=0", out="base"))
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {k} + 1?"},
+                                                      {"role": "assistant", "content": str(k + 1)}]}) + "\n"
+                             for k in range(40)))
+    train(cfg_factory("data=chat", f"data.path={tasks}", f"init_from={tmp_path / 'base'}", "lever=[muon]",
+                      "trainer.max_steps=3", "sample_tokens=4", out="sft"))
+    base, sft = checkpoint.load(tmp_path / "base"), checkpoint.load(tmp_path / "sft")
+    assert sft.model.config.vocab_size > base.model.config.vocab_size
+    assert (sft.model.config.pos, sft.model.config.n_kv_head, sft.model.config.tie_weights) == ("rope", 1, False)
+    answer, _ = reply(sft.model.eval(), sft.tokenizer, [{"role": "user", "content": "What is 3 + 1?"}],
+                      SamplingConfig(temperature=0.0, max_new_tokens=6))
+    assert isinstance(answer, str)

@@ -94,11 +94,14 @@ def lines(study: list[Arm]) -> list[Line]:
     """The arms in reading order: baseline, each addition (best first), the fullest arm, each removal. With a
     two-lever recipe an arm is both (the recipe less muon is qk_norm alone): it is read both ways."""
     base = next((a for a in study if not a.levers), None)
-    full = max(study, key=lambda a: len(a.levers))
+    longest = max(len(a.levers) for a in study)
+    fullest = [a for a in study if len(a.levers) == longest]
+    full = fullest[0] if len(fullest) == 1 and longest > 1 else None  # a recipe of one lever is its "+" arm
     out = [Line("baseline", base, None)] if base else []
-    adds = [a for a in study if a.levers and a is not full and (len(a.levers) == 1 or not _removal(a, full))]
+    adds = [a for a in study if a.levers and a is not full and (full is None or len(a.levers) == 1
+                                                                  or not _removal(a, full))]
     out += sorted((Line(f"+ {' + '.join(a.levers)}", a, base) for a in adds), key=lambda ln: ln.arm.mean)
-    if full is not base:
+    if full is not None:
         out.append(Line(f"all: {' + '.join(full.levers)}", full, base))
         removals = [a for a in study if _removal(a, full)]
         out += sorted((Line(f"all - {(set(full.levers) - set(a.levers)).pop()}", a, full) for a in removals),

@@ -120,11 +120,12 @@ def verbatim(argv: Sequence[str], keys: Sequence[str]) -> list[str]:
 
 
 def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
-        help: Union[str, Callable[[Optional[str]], str], None] = None) -> None:
+        help: Union[str, Callable[[Optional[str]], str], None] = None, positional: Optional[str] = None) -> None:
     """Call a @hydra.main function; a user error prints `error: ...` on stderr and exits with status 2.
 
     free_text: the keys whose values are taken as typed (see `verbatim`). help: the text `--help` prints, or
-    a function of the word after it (`--help model`) that makes the text.
+    a function of the word after it (`--help model`) that makes the text. positional: the key a first argument
+    without `=` sets (`gptlab plot DIR` is `gptlab plot dir=DIR`).
     Hydra catches exceptions itself and prints them over several lines unless HYDRA_FULL_ERROR is set;
     we set it so they reach us. If you set HYDRA_FULL_ERROR yourself, you get the full traceback.
     Processes a gptlab command starts (DDP ranks) inherit its choice through GPTLAB_TRACEBACK.
@@ -140,6 +141,8 @@ def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
         text = help if isinstance(help, str) else help(word)
         print(text.replace("{command}", COMMAND), file=sys.stderr if text.startswith("error:") else sys.stdout)
         sys.exit(2 if text.startswith("error:") else 0)
+    if positional and len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
+        sys.argv[1] = f"{positional}={sys.argv[1]}"
     sys.argv[1:] = verbatim(sys.argv[1:], free_text)
     inherited = os.environ.get("GPTLAB_TRACEBACK")
     wants_traceback = inherited == "1" if inherited is not None else os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -154,14 +157,14 @@ def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
 
 
 def entry(task: Callable[[DictConfig], object], config_name: str, free_text: Sequence[str], spec: type, title: str,
-          usage: str, notes: str = "") -> Callable[[], None]:
+          usage: str, notes: str = "", positional: Optional[str] = None) -> Callable[[], None]:
     """An entry point's main(): `task` run by Hydra on conf/<config_name>.yaml, through `run`, with a --help that
-    lists the settings of `spec`."""
+    lists the settings of `spec`; `positional`: the key a bare first argument sets."""
     from gptlab.usage import entry_help
 
     hydra_main = hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)
     help_text = lambda _: entry_help(title, usage, spec, notes=notes)  # noqa: E731
-    return lambda: run(hydra_main(reports_errors(task)), free_text, help_text)
+    return lambda: run(hydra_main(reports_errors(task)), free_text, help_text, positional)
 
 
 def fail(ex: BaseException) -> NoReturn:

@@ -1,4 +1,4 @@
-"""Loss curves of a run or of every run below a folder (a sweep): `python -m gptlab.plot dir=outputs/multirun/...`.
+"""Loss curves of a run or of every run below a folder (a sweep): `gptlab plot outputs/multirun/...` (or dir=).
 
 Writes one PNG, val/loss and train/loss against steps and against wall time, a line per run labelled by its
 overrides (its TensorBoard name), to `<dir>/plot.png` or out=FILE. Needs matplotlib (the `viz` extra)."""
@@ -65,7 +65,7 @@ def run(node: DictConfig) -> Path:
 
 
 main = cli.entry(run, "plot", ("dir", "out"), PlotConfig, "Loss curves of the runs in a folder, as one PNG.",
-                 "dir=RUN_OR_SWEEP_DIR [out=FILE.png]")
+                 "RUN_OR_SWEEP_DIR (or dir=...) [out=FILE.png]", positional="dir")
 
 if __name__ == "__main__":
     main()

@@ -10,12 +10,15 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from gptlab import ablation
 from gptlab.config import composed, flat, register_configs
 from gptlab.usage import train_groups
+
+from conftest import REPO
 
 
 def lists(value: str) -> list[tuple[str, ...]]:
@@ -38,11 +41,14 @@ def test_the_study_has_every_lever_alone_the_modern_recipe_and_the_recipe_less_e
     assert cfg.trainer.max_time is None and cfg.trainer.max_steps > 0  # one step budget for all
     levers = train_groups()["lever"][1]
     assert {(lever,) for lever in levers} <= set(arms)
-    modern = max(arms, key=len)
-    assert {tuple(x for x in modern if x != gone) for gone in modern} <= set(arms)
-    # the modern recipe is the baseline recipe plus exactly that list: nothing else differs
-    assert without_hydra(["experiment=shakespeare_cpu_modern"]) == \
-        without_hydra(["experiment=shakespeare_cpu", f"lever=[{','.join(modern)}]"])
+    recipe = yaml.safe_load((REPO / "conf/experiment/shakespeare_cpu_modern.yaml").read_text())
+    modern = tuple(d.removeprefix("/lever/") for d in recipe["defaults"] if str(d).startswith("/lever/"))
+    assert modern in arms and {tuple(x for x in modern if x != gone) for gone in modern} <= set(arms)
+    # the modern recipe is the baseline recipe plus that list, and the settings of its own it states
+    own = set(flat({k: v for k, v in recipe.items() if k != "defaults"}))
+    a, b = without_hydra(["experiment=shakespeare_cpu_modern"]), without_hydra(["experiment=shakespeare_cpu",
+                                                                                  f"lever=[{','.join(modern)}]"])
+    assert a.keys() == b.keys() and {k for k in a if a[k] != b[k]} == own
 
 
 def rows(spec: dict[str, list[float]]) -> list[dict]:
@@ -88,3 +94,8 @@ def test_experiment_ablation_runs_and_writes_its_table(tmp_path, cache_dir):
     assert table.count("`lever=[") == 6  # baseline, 2 additions, all, 2 removals (each one-lever arm read twice)
     assert "| all - muon |" in table and "| + zero_init |" in table and "ablation: " in r.stdout
     assert len(list(sweep.glob("*/result.json"))) == 8  # 4 arms x 2 seeds
+
+
+def test_a_one_lever_recipe_is_its_addition():
+    names = [ln.name for ln in ablation.lines(ablation.arms(rows({"": [1.6, 1.6], "a": [1.5, 1.5], "b": [1.6, 1.6]})))]
+    assert names == ["baseline", "+ a", "+ b"]

@@ -23,7 +23,7 @@ def test_a_sweep_plots_its_runs_and_plot_reads_any_folder(tmp_path, cache_dir):
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     assert (sweep / "summary.png").stat().st_size > 10_000 and "curves: " in r.stdout
 
-    r = subprocess.run([sys.executable, "-m", "gptlab", "plot", f"dir={sweep}", f"out={tmp_path / 'curves.png'}"],
+    r = subprocess.run([sys.executable, "-m", "gptlab", "plot", str(sweep), f"out={tmp_path / 'curves.png'}"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and (tmp_path / "curves.png").stat().st_size > 10_000, r.stderr[-2000:]
     from gptlab.plot import runs_below

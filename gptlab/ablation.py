@@ -119,11 +119,15 @@ def markdown(study: list[Arm], title: str) -> str:
            "against the arm in brackets; verdict: the change beyond the larger spread of the two.", "",
            "| arm | val/loss | Δ | verdict | tokens/s | parameters | steps | override |",
            "|---|---|---|---|---|---|---|---|"]
-    for ln in lines(study):
+    drawn = lines(study)
+    base = next((ln.arm for ln in drawn if not ln.arm.levers and ln.arm.rates), None)
+    for ln in drawn:
         a = ln.arm
         ref = "" if ln.reference is None else " (baseline)" if not ln.reference.levers else " (all)"
         delta = "" if ln.delta is None else f"{ln.delta:+.4f}{ref}"
         rate = f"{statistics.fmean(a.rates):,.0f}" if a.rates else ""
+        if rate and base is not None and a is not base:  # the lever's time cost, as a speed ratio
+            rate += f" ({statistics.fmean(a.rates) / statistics.fmean(base.rates):.2f}x)"
         params = f"{a.params / 1e6:.3f}M" if a.params else ""
         out.append(f"| {ln.name} | {a.mean:.4f} ± {a.spread / 2:.4f} | {delta} | {ln.verdict} | {rate} | {params} "
                    f"| {a.steps or ''} | `{a.override}` |")

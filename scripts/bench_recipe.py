@@ -65,7 +65,8 @@ def run(experiment: str, seed: int, extra: list[str], out_dir: str, name: str = 
 def prepare(experiment: str, extra: list[str], out_dir: str) -> None:
     """Build (or find) the token cache outside the timed runs: the targets are for cached token files."""
     subprocess.run([sys.executable, "-m", "gptlab.train", f"experiment={experiment}", "trainer.max_steps=1",
-                    "trainer.max_time=null", "sample_tokens=0", f"hydra.run.dir={out_dir}/prepare", *extra],
+                    "trainer.max_time=null", "sample_tokens=0", f"hydra.run.dir={out_dir}/prepare-{experiment}",
+                    *extra],
                    check=True, capture_output=True, env={**os.environ})
 
 

@@ -125,7 +125,7 @@ def test_cli_single_run_and_multirun(tmp_path, cache_dir):
     for row in rows[:2]:
         assert (sweep / row["job"] / "checkpoints/last.ckpt").is_file()
         assert list((sweep / row["job"] / "tensorboard").rglob("events.*"))
-        assert "model.n_head=2" in row["overrides"] and row["best_step"] in ("3", "6")
+        assert "model.n_head=2" in row["overrides"] and row["best_step"] in ("3", "6") and int(row["params"]) > 0
 
 
 BAD = [

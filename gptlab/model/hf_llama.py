@@ -20,7 +20,8 @@ from gptlab.model.gpt import GPTConfig
 
 # the options a Llama has; anything else (a learned position table, a soft-cap, ...) has no place in its layout
 LLAMA = {"norm": "pre", "pos": "rope", "norm_type": "rmsnorm", "activation": "swiglu", "logit_softcap": None}
-RMS_EPS = 1e-6  # gptlab's RMSNorm epsilon (make_norm, the QK-norm)
+RMS_EPS = 1e-6
+TOP = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight"}  # gptlab's RMSNorm epsilon (make_norm, the QK-norm)
 
 
 def name(config: GPTConfig) -> str:
@@ -62,8 +63,7 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], config: GPTConfig) -> dict[str
                 out[key] = t
             continue
         if not key.startswith("transformer.h."):
-            top = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight"}
-            out[top[key]] = t
+            out[TOP[key]] = t
             continue
         i, rest = key.removeprefix("transformer.h.").split(".", 1)
         layer = f"model.layers.{i}."

@@ -4,6 +4,7 @@ and against wall time, a line per run labelled by its overrides); a lever study'
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,13 @@ def read_curves(log_dir: Path, label: str) -> Curves:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
+    chatter = logging.getLogger("tensorboard")  # "No path found after ..." for every log read, at INFO
+    level = chatter.level
+    chatter.setLevel(logging.WARNING)
+    try:
+        events.Reload()
+    finally:
+        chatter.setLevel(level)
     points = {tag: events.Scalars(tag) for tag in TAGS if tag in events.Tags()["scalars"]}
     start = min((p[0].wall_time for p in points.values() if p), default=0.0)  # the run's first logged step
     series = {tag: ([p.step for p in ps], [p.wall_time - start for p in ps], [p.value for p in ps])

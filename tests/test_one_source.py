@@ -67,8 +67,14 @@ def test_group_options_state_only_what_differs_from_the_spec(group):
 @pytest.mark.parametrize("path", [p for g in GLOBAL_GROUPS for p in yaml_files(g)], ids=lambda p: p.stem)
 def test_recipes_state_only_what_differs_from_what_they_would_get(path):
     body = yaml.safe_load(path.read_text()) or {}
-    choices = [f"{group.split()[-1].strip('/')}={choice}" for entry in body.pop("defaults", [])
+    defaults = body.pop("defaults", [])
+    choices = [f"{group.split()[-1].strip('/')}={choice}" for entry in defaults
                if isinstance(entry, dict) for group, choice in entry.items()]
+    # a recipe built on another (`- shakespeare_cpu`) and on levers (`- /lever/muon`): the same, without this file
+    named = [e for e in defaults if isinstance(e, str) and e != "_self_"]
+    choices += [f"experiment={e}" for e in named if not e.startswith("/")]
+    levers = [e.removeprefix("/lever/") for e in named if e.startswith("/lever/")]
+    choices += [f"lever=[{','.join(levers)}]"] if levers else []
     base = compose_train(*choices)  # the same group choices, without this file's values
     for key, value in leaves(body):
         if key.startswith("hydra."):

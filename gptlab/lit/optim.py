@@ -86,10 +86,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         self.muon.step()
         self.adamw.step()
         return loss
@@ -111,10 +108,7 @@ class Float32Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -126,6 +120,14 @@ class Float32Muon(torch.optim.Muon):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update.to(p.dtype), alpha=-group["lr"] * muon_lr_scale(p.shape, group["adjust_lr_fn"]))
         return loss
+
+
+def closure_loss(closure: Optional[Callable[[], Any]]) -> Any:
+    """What an optimizer's step returns: the loss its closure re-computes (with gradients), if it has one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def orthogonalize(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,

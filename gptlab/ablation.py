@@ -113,13 +113,13 @@ def _removal(arm: Arm, full: Arm) -> bool:
     return len(full.levers) > 1 and len(arm.levers) == len(full.levers) - 1 and set(arm.levers) < set(full.levers)
 
 
-def markdown(study: list[Arm], title: str) -> str:
+def markdown(study: list[Arm], drawn: list[Line], title: str) -> str:
+    """The table of `drawn` (lines(study)), one row per line."""
     seeds = max(len(a.losses) for a in study)
     out = [f"# {title}", "", f"val/loss: mean over {seeds} seeds, ± half their spread (max - min); Δ: the change "
            "against the arm in brackets; verdict: the change beyond the larger spread of the two.", "",
            "| arm | val/loss | Δ | verdict | tokens/s | parameters | steps | override |",
            "|---|---|---|---|---|---|---|---|"]
-    drawn = lines(study)
     base = next((ln.arm for ln in drawn if not ln.arm.levers and ln.arm.rates), None)
     for ln in drawn:
         a = ln.arm
@@ -137,9 +137,9 @@ def markdown(study: list[Arm], title: str) -> str:
 def write(sweep_dir: Path, rows: list[dict]) -> tuple[Path, Optional[Path]]:
     """ablation.md, and ablation.png when matplotlib is there; the paths written."""
     study = arms(rows)
-    md = sweep_dir / "ablation.md"
-    md.write_text(markdown(study, f"Lever ablation: {sweep_dir}"), encoding="utf-8")
     drawn = lines(study)
+    md = sweep_dir / "ablation.md"
+    md.write_text(markdown(study, drawn, f"Lever ablation: {sweep_dir}"), encoding="utf-8")
     try:
         png = save_ablation_bars([ln.name for ln in drawn], [ln.arm.mean for ln in drawn],
                                  [ln.arm.spread / 2 for ln in drawn], [ln.verdict for ln in drawn],

@@ -30,6 +30,7 @@ from gptlab.devices import auto_compile, check_cpu_compile, lightning_device
 from gptlab.errors import GptlabError
 from gptlab.lit import GPTLitModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBudget
+from gptlab.lit.optim import orthogonalises
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops_on_signals
 from gptlab.lit.trainer import TrainerConfig, lightning_settings
 from gptlab.model import GPTConfig, SamplingConfig, complete
@@ -57,7 +58,7 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
     if str(trainer_spec.precision) == "16-mixed" and cfg.optim.get("fused") and trainer_spec.gradient_clip_val:
         raise GptlabError("optim.fused=true cannot clip gradients under trainer.precision=16-mixed (the fused step "
                           "unscales them itself): use bf16-mixed, optim.fused=false or trainer.gradient_clip_val=null")
-    if "Muon" in str(cfg.optim.get("_target_")) and "fsdp" in str(trainer_spec.strategy).lower():
+    if orthogonalises(optimizer) and "fsdp" in str(trainer_spec.strategy).lower():
         raise GptlabError("optim=muon cannot run under FSDP (Muon orthogonalises whole matrices; FSDP shards "
                           "them): use trainer=ddp, or optim=adamw")
     device = lightning_device(trainer_spec.accelerator)

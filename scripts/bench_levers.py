@@ -52,15 +52,13 @@ def first_step_at(target: float, steps: list[int], values: list[float]) -> float
     return None
 
 
-def parameters(experiment: str, extra: list[str]) -> int:
-    from gptlab.config import composed, register_configs, to_spec
-    from gptlab.model import GPT, GPTConfig
+def parameters(run_dir: Path) -> int:
+    """The model's parameter count, as the run recorded it (its result.json)."""
+    import json
 
-    register_configs()
-    cfg = composed("train", [f"experiment={experiment}", *extra])
-    spec = to_spec(GPTConfig, cfg.model, "model")
-    spec.vocab_size = 65  # Tiny Shakespeare's characters
-    return GPT(spec).num_params()
+    from gptlab.rundir import RunDir
+
+    return json.loads(RunDir(run_dir).result.read_text())["params"]
 
 
 def main() -> None:
@@ -68,9 +66,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs of each recipe in part 1")
     ap.add_argument("extra", nargs="*", help="more overrides for both recipes, after --")
     args = ap.parse_args()
-    sizes = {e: parameters(e, args.extra) for e in (BASE, MODERN)}
-    print(f"parameters: baseline {sizes[BASE]:,}, modern {sizes[MODERN]:,} "
-          f"({sizes[MODERN] / sizes[BASE] - 1:+.1%})", flush=True)
     with tempfile.TemporaryDirectory() as out:
         for e in (BASE, MODERN):
             prepare(e, args.extra, out)
@@ -83,6 +78,9 @@ def main() -> None:
         steps = {e: int(statistics.median(r.steps for r in timed[e])) for e in timed}
         for e in timed:
             print(f"  {e}: val/loss median {loss[e]:.4f}, {steps[e]:,} steps median")
+        sizes = {e: parameters(Path(out) / f"{e}-seed1") for e in timed}
+        print(f"  parameters: baseline {sizes[BASE]:,}, modern {sizes[MODERN]:,} "
+              f"({sizes[MODERN] / sizes[BASE] - 1:+.1%})", flush=True)
 
         S = steps[BASE]
         every = max(S // 20, 1)

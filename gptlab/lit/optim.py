@@ -153,9 +153,14 @@ def muon_lr_scale(shape: torch.Size, adjust_lr_fn: Optional[str]) -> float:
     return math.sqrt(max(1, rows / cols))  # "original", the default
 
 
+def orthogonalises(factory: Callable[..., torch.optim.Optimizer]) -> bool:
+    """Whether the optimizer a factory (a `_partial_`) makes updates the hidden matrices whole (Muon)."""
+    return getattr(getattr(factory, "func", factory), "HIDDEN_MATRICES", False)
+
+
 def optimizer_groups(factory: Callable[..., torch.optim.Optimizer], model: GPT) -> list[dict]:
     """The parameter groups the optimizer wants: Muon's hidden matrices apart where it asks for them."""
-    return param_groups(model, hidden=getattr(getattr(factory, "func", factory), "HIDDEN_MATRICES", False))
+    return param_groups(model, hidden=orthogonalises(factory))
 
 
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], params: list[dict], device: torch.device,

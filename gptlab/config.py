@@ -139,13 +139,29 @@ class EvalDataConfig:
 
 @dataclass
 class EvalConfig:
-    """python -m gptlab.eval: loss, perplexity and bits per character of a checkpoint."""
+    """python -m gptlab.eval: loss, perplexity, bits per character and per byte of a checkpoint; or tasks of the
+    LM Evaluation Harness."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     whole_split: bool = False  # score every window, not only the ones the run's validation scored
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
     paths: DataPaths = field(default_factory=DataPaths)
+    # the LM Evaluation Harness (pip install -e ".[eval]"): tasks=hellaswag,arc_easy scores them instead
+    tasks: Optional[str] = None  # comma-separated task names (`lm_eval ls tasks`), local ones from include_path
+    include_path: Optional[str] = None  # a folder of task YAMLs (a task over local JSONL files, say)
+    num_fewshot: Optional[int] = None  # None: each task's own
+    limit: Optional[float] = None  # documents per task: a count, or a fraction below 1; None: all
+    batch_size: int = 16  # requests per forward pass
+    apply_chat_template: Optional[bool] = None  # None: for a chat model (one with the chat markers)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and not self.limit > 0:
+            raise ValueError(f"limit must be > 0 (a count, or a fraction below 1), got {self.limit}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ValueError(f"num_fewshot must be >= 0, got {self.num_fewshot}")
 
 
 def with_target(spec: type, target: str) -> type:

@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: `python -m gptlab.eval ckpt_path=RUN_DIR [data.path=other.txt] [whole_split=true]`.
+"""Evaluate a checkpoint: `python -m gptlab.eval ckpt_path=RUN_DIR [data.path=other.txt] [whole_split=true]`, or
+on tasks of the LM Evaluation Harness: `... tasks=hellaswag,arc_easy [num_fewshot=0 limit=100 include_path=DIR]`.
 
 Loss (nats per token), perplexity and bits per character, computed by the LightningModule's own
 validation step, so eval and training mean the same thing by val/loss. By default it scores the windows
@@ -37,6 +38,8 @@ cli.quiet_lightning()
 def run(node: DictConfig) -> dict:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners around the table
     cfg = to_spec(EvalConfig, node, "eval")
+    if cfg.tasks:
+        return run_harness(cfg)
     device = pick_device(cfg.device)
     loaded = checkpoint.load(cfg.ckpt_path)
     run_cfg = loaded.config
@@ -68,13 +71,14 @@ def run(node: DictConfig) -> dict:
     scored = min(batches * batch_size, len(windows))
     result = {"checkpoint": str(loaded.path), "step": loaded.step, "data": name, "windows": scored,
               "tokens": scored * block, "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"],
-              "bpc": metrics["val/bpc"]}
+              "bpc": metrics["val/bpc"], "bpb": metrics["val/bpb"]}
     scope = ("every window" if limit == 1.0 else
              f"the {scored:,} windows the run's validation scored (trainer.limit_val_batches={limit}; "
              "whole_split=true scores all)")
     print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'data':<12}{name}: {scope}")
     print(f"{'tokens':<12}{result['tokens']:,}\n{'loss':<12}{result['loss']:.4f} nats/token")
     print(f"{'perplexity':<12}{result['perplexity']:.3f}\n{'bpc':<12}{result['bpc']:.4f} bits/char")
+    print(f"{'bpb':<12}{result['bpb']:.4f} bits/byte of UTF-8 text (tokenizer-independent)")
     stem = Path(name).stem.replace(" ", "-") if cfg.data.path else ("val-all" if limit == 1.0 else "val")
     out = RunDir.evaluation(loaded.path, stem)
     out.write_text(json.dumps(result, indent=2))
@@ -140,7 +144,8 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     result = {"checkpoint": str(loaded.path), "step": loaded.step, "data": name, "conversations": len(convs),
               "answers": len(right), "exact_match": sum(right) / max(1, len(right)),
               "conversations_exact": sum(all_right.values()) / max(1, len(all_right)),
-              "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"], "answer_tokens": rows.targets}
+              "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"], "bpb": metrics.get("val/bpb"),
+              "answer_tokens": rows.targets}
     tasks = sorted({convs[n].task for n in owner if convs[n].task})
     if tasks:
         result["exact_match_by_task"] = {t: sum(ok for n, ok in zip(owner, right) if convs[n].task == t) /
@@ -160,6 +165,62 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     out.write_text(json.dumps(result, indent=2))
     print(f"{'written':<14}{out}")
     return result
+
+
+def run_harness(cfg: EvalConfig) -> dict:
+    """tasks=...: the LM Evaluation Harness scores the model (gptlab/harness.py) on its tasks; its table is printed
+    and its results written beside the checkpoint."""
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+        from lm_eval.utils import handle_non_serializable, make_table
+
+        from gptlab.harness import GptlabLM
+    except ImportError as e:
+        raise GptlabError(f'tasks= needs the LM Evaluation Harness ({e.name} is not installed): '
+                          'pip install -e ".[eval]"') from None
+    if cfg.include_path and not Path(cfg.include_path).expanduser().is_dir():
+        raise GptlabError(f"include_path={cfg.include_path} is not a folder: give the folder of your task YAMLs")
+    names = [t.strip() for t in cfg.tasks.split(",") if t.strip()]  # type: ignore[union-attr]
+    manager = TaskManager(include_path=str(Path(cfg.include_path).expanduser()) if cfg.include_path else None)
+    unknown = [t for t in names if t not in manager.all_tasks]
+    if unknown:
+        raise GptlabError(f"no task named {', '.join(unknown)} in the harness"
+                          f"{' or in ' + cfg.include_path if cfg.include_path else ''}: `lm_eval ls tasks` lists them; "
+                          "a task of your own: include_path=FOLDER of task YAMLs")
+    lm = GptlabLM(cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size)
+    chat = lm.is_chat if cfg.apply_chat_template is None else cfg.apply_chat_template
+    print(f"[{lm.source}: {', '.join(names)} by the LM Evaluation Harness {lm_eval.__version__}"
+          f"{', chat template applied' if chat else ''}]", file=sys.stderr)
+    try:
+        results = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=cfg.num_fewshot, limit=cfg.limit,
+                                          task_manager=manager, apply_chat_template=chat, log_samples=False,
+                                          batch_size=cfg.batch_size, device=str(lm.device))
+    except Exception as e:  # the data of a hub task: offline, the harness fails inside `datasets`
+        if not offline(e):
+            raise
+        raise GptlabError(f"the data of {', '.join(names)} could not be downloaded ({type(e).__name__}): "
+                          "without network, write a task over local files (a YAML with dataset_path: json and "
+                          "dataset_kwargs.data_files, see the README) and give include_path=ITS_FOLDER") from None
+    print(make_table(results))
+    stem = "harness-" + "-".join(n.replace("/", "_") for n in names)
+    out = RunDir.evaluation(Path(lm.source), stem)
+    kept = {k: results[k] for k in ("results", "versions", "n-shot", "higher_is_better", "n-samples", "config")
+            if k in results}
+    out.write_text(json.dumps(kept, indent=2, default=handle_non_serializable))
+    print(f"written  {out}")
+    return kept
+
+
+def offline(e: BaseException) -> bool:
+    """Whether an exception comes from data that could not be downloaded (no network, or the Hub unreachable)."""
+    names = {"ConnectionError", "ConnectTimeout", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+             "DatasetNotFoundError", "HfHubHTTPError", "MaxRetryError", "NameResolutionError"}
+    while e is not None:
+        if type(e).__name__ in names or isinstance(e, ConnectionError):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
 
 
 def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:
@@ -183,9 +244,11 @@ def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:
     return dm
 
 
-main = cli.entry(run, "eval", ("ckpt_path", "data.path", "paths.data_dir", "paths.cache_dir"), EvalConfig,
-                 "Loss, perplexity and bits per character of a trained model.",
-                 "ckpt_path=RUN_DIR [data.path=TEXT_FILE] [key=value ...]")
+main = cli.entry(run, "eval", ("ckpt_path", "data.path", "paths.data_dir", "paths.cache_dir", "tasks", "include_path"),
+                 EvalConfig, "Loss, perplexity and bits per character and per byte of a trained model; or tasks of the "
+                 "LM Evaluation Harness.",
+                 "ckpt_path=RUN_DIR [data.path=TEXT_FILE | tasks=hellaswag,arc_easy [include_path=DIR]] "
+                 "[key=value ...]")
 
 if __name__ == "__main__":
     main()

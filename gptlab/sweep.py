@@ -50,9 +50,9 @@ from gptlab.rundir import RunDir
 SWEEP_JOB_ENV = "GPTLAB_SWEEP_JOB"
 
 RESULT = RunDir(Path(".")).result.name  # the file a job leaves in its run dir
-RESULT_KEYS = ("val/loss", "val/bpc", "best_step", "steps", "params", "perf/run_tokens_per_s")  # from train's metrics
-COLUMNS = ["job", "status", "val/loss", "val/bpc", "best_step", "steps", "params", "perf/run_tokens_per_s", "wall_s",
-           "overrides", "error"]
+RESULT_KEYS = ("val/loss", "val/bpc", "val/bpb", "best_step", "steps", "params", "perf/run_tokens_per_s")  # from train's metrics
+COLUMNS = ["job", "status", "val/loss", "val/bpc", "val/bpb", "best_step", "steps", "params", "perf/run_tokens_per_s",
+           "wall_s", "overrides", "error"]
 
 
 def write_result(out_dir: Path, name: str = RESULT, **result: Any) -> None:

@@ -161,7 +161,8 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
         (text,) = complete(module.model, module.tokenizer, "\n", sampling, seed=cfg.seed)  # type: ignore[arg-type]
         print(f"\n--- sample (temperature {sampling.temperature}) ---\n{text.strip()}\n---")
     loss = metrics.get("val/loss", math.nan)
-    print(f"\nstep {trainer.global_step}: val/loss {loss:.4f}  val/bpc {metrics.get('val/bpc', math.nan):.4f}")
+    print(f"\nstep {trainer.global_step}: val/loss {loss:.4f}  val/bpc {metrics.get('val/bpc', math.nan):.4f}  "
+          f"val/bpb {metrics.get('val/bpb', math.nan):.4f}")
     if trainer.fast_dev_run and cli.remove_if_unused(cfg):  # a smoke test: nothing in its folder to keep
         print("run dir:         (none: debug=fast keeps nothing, its folder was removed)")
     else:

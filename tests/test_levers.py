@@ -5,6 +5,8 @@ refused by the GPT-2 export in one line."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -22,9 +24,10 @@ LEVERS = {
 
 
 def model(lever: str, **more) -> GPT:
+    """A small model with the lever (or "gpt2": none, learned positions)."""
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0, **LEVERS[lever],
-                       **more)
+    config = GPTConfig(vocab_size=50, block_size=24, n_layer=2, n_head=4, n_embd=32, dropout=0.0,
+                       **LEVERS.get(lever, {}), **more)
     m = GPT(config).eval()
     if config.zero_init:  # zero projections make every later token's logits equal: give them some weight
         with torch.no_grad():
@@ -56,6 +59,27 @@ def test_cache_explicit_and_fused_paths_agree(lever):
         assert torch.allclose(m(plain)[0], explicit(plain)[0], atol=1e-5)
     maps = explicit.attention_weights(plain)  # inspect's path: one (B, n_head, T, T) map per layer
     assert len(maps) == 2 and maps[0].shape == (2, 4, 17, 17) and torch.allclose(maps[0].sum(-1), torch.ones(()))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+@pytest.mark.parametrize("lever", ["gpt2", *LEVERS])
+def test_prompts_of_different_lengths_in_one_left_padded_batch_each_as_if_alone(lever, attention):
+    """generate(row_start=): each row of a left-padded batch gets the greedy tokens it gets alone (its positions
+    count from its own start, it never attends to the padding), with every lever and both attention paths."""
+    m = model(lever, attention=attention)
+    with torch.no_grad():  # large weights: greedy tokens that depend on every position and on what is seen
+        for p in m.parameters():
+            p.normal_(0.0, 0.3) if p.dim() > 1 else None
+    torch.manual_seed(2)
+    prompts = [torch.randint(0, 50, (n,)).tolist() for n in (9, 3, 6, 1)]
+    width = max(map(len, prompts))
+    idx = torch.tensor([[7] * (width - len(p)) + p for p in prompts])  # any padding token: it is never seen
+    out = generate(m, idx, 12, temperature=0.0, row_start=torch.tensor([width - len(p) for p in prompts]))
+    for row, p in zip(out, prompts):
+        alone = generate(m, torch.tensor([p]), 12, temperature=0.0)
+        assert row[width:].tolist() == alone[0, len(p):].tolist()
+    with pytest.raises(ValueError, match="within the block"):
+        generate(m, idx, 24, temperature=0.0, row_start=torch.zeros(4, dtype=torch.long))
 
 
 @pytest.mark.parametrize("lever", ["rope", "swiglu", "gqa", "modern"])
@@ -123,28 +147,30 @@ def test_muon_takes_a_recipe_written_for_adamw(cfg_factory):
     assert keywords["foreach"] is True and keywords["lr"] == 5e-3 and keywords["muon_lr"] == 0.02
 
 
-def test_float32_newton_schulz_takes_the_step_torch_muon_takes_and_shares_its_state():
-    """Where bf16 matmuls are slow, Muon orthogonalises in float32: the same update up to bf16's rounding, the
-    same state, so a checkpoint moves between the two kinds of machine."""
-    from gptlab.lit.optim import Float32Muon
+@pytest.mark.parametrize("ns_dtype", [torch.bfloat16, torch.float32])
+def test_stacked_muon_takes_the_step_torch_muon_takes_and_shares_its_state(ns_dtype):
+    """gptlab's Muon orthogonalises the updates of one shape together (and in float32 where bf16 matmuls are
+    slow): the update of torch's own step up to bf16's rounding, the same state, so a checkpoint moves between
+    them and between the two kinds of machine."""
+    from gptlab.lit.optim import StackedMuon
 
     torch.manual_seed(0)
-    weights = [torch.randn(48, 16), torch.randn(16, 64)]
+    weights = [torch.randn(48, 16), torch.randn(16, 64), torch.randn(16, 48), torch.randn(64, 16)]  # 3 shapes
     grads = [[torch.randn_like(w) for w in weights] for _ in range(3)]
     params, opts = {}, {}
-    for kind, cls in (("torch", torch.optim.Muon), ("float32", Float32Muon)):
+    for kind, make in (("torch", torch.optim.Muon), ("stacked", partial(StackedMuon, ns_dtype=ns_dtype))):
         params[kind] = [torch.nn.Parameter(w.clone()) for w in weights]
-        opts[kind] = cls(params[kind], lr=0.02, weight_decay=0.01, momentum=0.95, nesterov=True)
+        opts[kind] = make(params[kind], lr=0.02, weight_decay=0.01, momentum=0.95, nesterov=True)
         for step in grads:
             for p, g in zip(params[kind], step):
                 p.grad = g.clone()
             opts[kind].step()
-    for a, b, w in zip(params["torch"], params["float32"], weights):
+    for a, b, w in zip(params["torch"], params["stacked"], weights):
         moved = (a - w).norm()
         assert moved > 0.05 and (a - b).norm() < 0.03 * moved  # bf16 keeps ~3 significant digits
     state = opts["torch"].state_dict()
-    opts["float32"].load_state_dict(state)
-    assert opts["float32"].state_dict()["state"].keys() == state["state"].keys() == {0, 1}
+    opts["stacked"].load_state_dict(state)
+    assert opts["stacked"].state_dict()["state"].keys() == state["state"].keys() == {0, 1, 2, 3}
 
 
 def test_a_modern_model_is_fine_tuned_into_a_chat_model_and_answers(cfg_factory, tmp_path):

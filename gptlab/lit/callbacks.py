@@ -1,5 +1,5 @@
-"""Callbacks: text samples and attention maps in TensorBoard, the final validation, a time-budgeted lr
-schedule, throughput, the HPARAMS view, and a progress bar for log files."""
+"""Callbacks: text samples, attention maps and a harness task's score in TensorBoard, the final validation, a
+time-budgeted lr schedule, throughput, the HPARAMS view, and a progress bar for log files."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.devices import peak_flops
+from gptlab.errors import GptlabError
 from gptlab.lit.trainer import parse_duration
 from gptlab.model import SamplingConfig, complete
 from gptlab.viz import attention_maps, layer_images, token_labels
@@ -42,6 +43,31 @@ class TextSamples(Callback):
             # TensorBoard renders markdown: indent by four spaces to keep line breaks as written
             body = "\n".join("    " + line for line in self.last.splitlines())
             tb.experiment.add_text("samples", body, trainer.global_step)
+
+
+class HarnessTask(Callback):
+    """After each validation, a task of the LM Evaluation Harness (`pip install -e ".[eval]"`), a local multiple-
+    choice one say (include_path: its folder), scored on the model as it trains: `harness/<task>/acc` (and its
+    other metrics) in TensorBoard beside the loss curves. Off unless `task` is set."""
+
+    def __init__(self, task: Optional[str], include_path: Optional[str], limit: Optional[float],
+                 batch_size: int = 16) -> None:
+        self.scorer = None
+        if task:
+            try:
+                from gptlab.harness import TaskScorer
+            except ImportError as e:
+                raise GptlabError(f"callbacks.harness_task needs the LM Evaluation Harness ({e.name} is not "
+                                  'installed): pip install -e ".[eval]"') from None
+            self.scorer = TaskScorer(task, include_path, limit, batch_size)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.scorer is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = self.scorer(pl_module.model, pl_module.tokenizer)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"harness/{self.scorer.task}/{k}": v for k, v in metrics.items()},
+                               step=trainer.global_step)
 
 
 class AttentionMaps(Callback):
@@ -303,9 +329,10 @@ class _Pace:
 
 
 class HparamsSummary(Callback):
-    """Fills TensorBoard's HPARAMS tab: the run's flattened config against its val/loss and val/bpc curves."""
+    """Fills TensorBoard's HPARAMS tab: the run's flattened config against its val/loss, val/bpc and val/bpb
+    curves."""
 
-    def __init__(self, hparams: dict, metrics: tuple[str, ...] = ("val/loss", "val/bpc", "val/ppl")) -> None:
+    def __init__(self, hparams: dict, metrics: tuple[str, ...] = ("val/loss", "val/bpc", "val/bpb", "val/ppl")) -> None:
         self.hparams, self.metrics = hparams, metrics
 
     @rank_zero_only

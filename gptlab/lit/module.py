@@ -8,7 +8,8 @@ from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
+import torch.nn.functional as F
+from torchmetrics import MeanMetric, SumMetric
 
 from gptlab import checkpoint
 from gptlab.errors import GptlabError
@@ -44,6 +45,8 @@ class GPTLitModule(L.LightningModule):
         elif tokenizer is not None:
             self.build(tokenizer)
         self.val_loss = MeanMetric()
+        self.val_text_nats, self.val_text_bytes = SumMetric(), SumMetric()  # for bits per byte
+        self._text_bytes: Optional[torch.Tensor] = None  # bytes of text per token id (the tokenizer's)
         # torch.compile's wrapper is kept in a list, not as an attribute, so it is not registered as a
         # submodule: the state_dict keeps the plain `model.*` keys and a compiled run's checkpoint loads anywhere
         self._compiled: list[Callable] = []
@@ -85,18 +88,31 @@ class GPTLitModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        _, loss = self(x, y)
+        logits, loss = self(x, y)  # with the targets, as in training: a compiled model reuses its graph
         self.val_loss.update(loss, weight=(y >= 0).sum())  # a mean over every scored token (chat: answers only)
+        if self.tokenizer is not None:  # bits per byte: each scored token's loss against the bytes it stands for
+            if self._text_bytes is None or self._text_bytes.device != y.device \
+                    or len(self._text_bytes) != self.tokenizer.vocab_size:  # (a tokenizer grown by chat markers)
+                self._text_bytes = torch.tensor(self.tokenizer.text_bytes(), device=y.device)
+            nats = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="none")
+            size = self._text_bytes[y.flatten().clamp(min=0)] * (y >= 0).flatten()  # special tokens: no bytes
+            self.val_text_nats.update((nats * (size > 0)).sum())
+            self.val_text_bytes.update(size.sum())
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # mean over every window, synced across DDP ranks
-        self.val_loss.reset()
-        # loss is in nats per token; bits per character makes char and BPE runs comparable
+        text_nats, text_bytes = self.val_text_nats.compute(), self.val_text_bytes.compute()
+        for metric in (self.val_loss, self.val_text_nats, self.val_text_bytes):
+            metric.reset()
+        # loss is in nats per token; bits per character and per byte make char and BPE runs comparable: bpb
+        # exactly, from the bytes of text the scored tokens stand for (bpc from the split's characters per token)
         bpc = loss / math.log(2) * self.val_tokens_per_char
         if not self.trainer.sanity_checking and float(loss) < self.best_val:
             self.best_val, self.best_step = float(loss), self.global_step
         # (already equal on every rank: sync_dist only tells Lightning so)
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpc": bpc}, prog_bar=True, sync_dist=True)
+        if text_bytes > 0:
+            self.log("val/bpb", text_nats / math.log(2) / text_bytes, prog_bar=True, sync_dist=True)
         # x-axis: the number of optimizer steps the evaluated weights have had (Lightning's default is one less)
         self.log("step", float(self.global_step), sync_dist=True)
 

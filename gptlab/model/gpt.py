@@ -155,7 +155,9 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: Optional[KVCache] = None  # set by GPT.setup_caches, for generation
 
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                need_weights: bool = False,
+                pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """pos: the tokens' positions, (T,) or per row (B, T); None: 0..T-1. input_pos: their slots in the cache."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.hs, self.n_kv_head * self.hs], dim=2)
         # (B, T, heads * hs) -> (B, heads, T, hs): each head attends independently
@@ -163,7 +165,9 @@ class CausalSelfAttention(nn.Module):
         k = self.k_norm(k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2))
         v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)
         if self.rope:  # positions enter here, as rotations of q and k, not as a table
-            cos, sin = (self.cos[:T], self.sin[:T]) if input_pos is None else (self.cos[input_pos], self.sin[input_pos])
+            cos, sin = (self.cos[:T], self.sin[:T]) if pos is None else (self.cos[pos], self.sin[pos])
+            if pos is not None and pos.dim() == 2:  # each row its own positions: (B, T, hs/2) -> (B, 1, T, hs/2)
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
             cos, sin = cos.to(q.dtype), sin.to(q.dtype)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if input_pos is not None:  # generation: store the new keys and values, attend over the whole cache
@@ -185,8 +189,8 @@ class CausalSelfAttention(nn.Module):
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
                        dropout: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q K^T / sqrt(hs)) V, returning the weights too (B, nh, T, S). mask (T, S): True where query i
-    may look at key j; None: causal (query i sees keys 0..i)."""
+    """softmax(Q K^T / sqrt(hs)) V, returning the weights too (B, nh, T, S). mask (T, S) or (B, 1, T, S): True
+    where query i may look at key j; None: causal (query i sees keys 0..i)."""
     T, S = q.size(-2), k.size(-2)
     if mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
@@ -228,13 +232,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                need_weights: bool = False,
+                pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.pre_norm:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
-            a, w = self.attn(self.ln_1(x), input_pos, mask, need_weights)
+            a, w = self.attn(self.ln_1(x), input_pos, mask, need_weights, pos)
             x = x + a
             x = x + self.mlp(self.ln_2(x))
         else:  # GPT-1 / original Transformer: LN(x + f(x))
-            a, w = self.attn(x, input_pos, mask, need_weights)
+            a, w = self.attn(x, input_pos, mask, need_weights, pos)
             x = self.ln_1(x + a)
             x = self.ln_2(x + self.mlp(x))
         return x, w
@@ -301,12 +306,15 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters()) - (wpe if non_embedding else 0)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                input_pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                input_pos: Optional[torch.Tensor] = None,
+                start: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
 
         input_pos (T,), for generation: the positions of idx's tokens in the KV caches (`setup_caches`). Their
         keys and values are written there, each token attends to the cached positions up to its own, and
         only the last token's logits are computed, (B, 1, vocab): generation reads no others.
+        start (B,), with input_pos: rows of different lengths, left-padded to one; row b's text begins at cache
+        slot start[b]. Its tokens take positions from there (slot - start[b]) and never see the padding before it.
         """
         T = idx.size(1)
         if input_pos is None:
@@ -318,10 +326,14 @@ class GPT(nn.Module):
             if cache is None:
                 raise ValueError("input_pos needs KV caches: call model.setup_caches(batch, max_len) first")
             # (T, L): cached position j is visible to the token at input_pos[i] when j <= input_pos[i]
-            pos, mask = input_pos, torch.arange(cache.k.size(2), device=idx.device) <= input_pos.unsqueeze(1)
+            slots = torch.arange(cache.k.size(2), device=idx.device)
+            pos, mask = input_pos, slots <= input_pos.unsqueeze(1)
+            if start is not None:  # (B, 1, T, L): a row sees its own text; a padding token itself (no empty softmax)
+                pos = (input_pos - start.unsqueeze(1)).clamp(min=0)  # (B, T)
+                mask = (mask & ((slots >= start.view(-1, 1, 1)) | (slots == input_pos.unsqueeze(1)))).unsqueeze(1)
         x = self._embed(idx, pos)
         for block in self.transformer.h:
-            x, _ = block(x, input_pos, mask)
+            x, _ = block(x, input_pos, mask, pos=pos if input_pos is not None else None)
         if input_pos is not None:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
@@ -342,7 +354,7 @@ class GPT(nn.Module):
         return maps
 
     def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) at positions pos (T,) -> (B, T, C)."""
+        """Token ids (B, T) at positions pos (T,) or (B, T) -> (B, T, C)."""
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:
             x = x + self.transformer["wpe"](pos)

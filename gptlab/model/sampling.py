@@ -130,14 +130,16 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def decode_one(model: GPT, token: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-    """One step with the KV caches: token (B, 1) at position input_pos (1,) -> next-token logits (B, vocab).
-    Its shapes never change, so torch.compile can capture it whole as a CUDA graph."""
-    return model(token, input_pos=input_pos)[0][:, -1]
+def decode_one(model: GPT, token: torch.Tensor, input_pos: torch.Tensor,
+               start: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One step with the KV caches: token (B, 1) at position input_pos (1,) -> next-token logits (B, vocab);
+    start (B,): where each left-padded row begins. Its shapes never change, so torch.compile can capture it
+    whole as a CUDA graph."""
+    return model(token, input_pos=input_pos, start=start)[0][:, -1]
 
 
 @functools.cache
-def compiled_decode_one(mode: str) -> Callable[[GPT, torch.Tensor, torch.Tensor], torch.Tensor]:
+def compiled_decode_one(mode: str) -> Callable[..., torch.Tensor]:
     return torch.compile(decode_one, mode=mode, fullgraph=True)
 
 
@@ -155,8 +157,9 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, generator: Optional[torch.Generator] = None, use_cache: bool = True,
-             stop_token: Optional[int] = None, on_token: Optional[Callable[[torch.Tensor], None]] = None,
-             vocab_size: Optional[int] = None, compile: Optional[bool] = None) -> torch.Tensor:
+             stop_token: Optional[int] = None, on_token: Optional[Callable[[torch.Tensor], Optional[bool]]] = None,
+             vocab_size: Optional[int] = None, compile: Optional[bool] = None,
+             row_start: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Continue idx (B, T) by up to max_new_tokens tokens; returns (B, T + n), on the model's device.
 
     The model reads a window of at most block_size tokens. Without a cache it re-reads the whole window
@@ -167,9 +170,13 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
 
     Generation stops early once every row has produced stop_token. vocab_size: sample only ids below it,
     for a model whose vocabulary is padded past its tokenizer's (the padding ids are never trained
-    towards, and an untrained model would pick them). on_token is called with each new (B, 1) token.
-    The settings are checked where they are read (SamplingConfig); the generator must be on the model's
-    device.
+    towards, and an untrained model would pick them). on_token is called with each new (B, 1) token; it
+    returns True to end generation there.
+    row_start (B,): prompts of different lengths in one batch, left-padded to idx's length, row b's beginning at
+    idx[b, row_start[b]] (its positions count from there; it never attends to the padding). The KV cache reads them
+    (use_cache), and prompt and new tokens must fit in block_size (a sliding window would slide the rows
+    unequally). The settings are checked where they are read (SamplingConfig); the generator must be on the
+    model's device.
     """
     device = model.transformer.wte.weight.device
     block = model.config.block_size
@@ -179,6 +186,9 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     if compile is None:
         compile = device.type == "cuda"
     step = compiled_decode_one("reduce-overhead" if device.type == "cuda" else "default") if compile else decode_one
+    if row_start is not None and (not use_cache or T + max_new_tokens > block):
+        raise ValueError(f"left-padded prompts (row_start=) need the KV cache and prompt + new tokens within the block "
+                         f"({T} + {max_new_tokens} > {block})" if use_cache else "left-padded prompts need use_cache")
     done = torch.zeros(B, dtype=torch.bool, device=device)
     t, start = T, max(0, T - block)  # the model reads the window out[:, start:t]
     input_pos: Optional[torch.Tensor] = None  # where the cache's next token goes; None: (re)read the window
@@ -191,10 +201,11 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
             if not use_cache:
                 logits = model(out[:, start:t])[0][:, -1]
             elif input_pos is None:  # prefill: the whole window in one pass
-                logits = model(out[:, start:t], input_pos=torch.arange(t - start, device=device))[0][:, -1]
+                window = torch.arange(t - start, device=device)
+                logits = model(out[:, start:t], input_pos=window, start=row_start)[0][:, -1]
                 input_pos = torch.tensor([t - start], device=device)
             else:
-                logits = step(model, nxt, input_pos)
+                logits = step(model, nxt, input_pos, row_start)
                 input_pos += 1  # on the device: no host-to-device copy per token
             nxt = sample_next(logits[:, :vocab_size], temperature, top_k, top_p, generator)  # (B, 1)
             if stop_token is not None:
@@ -202,8 +213,8 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
                 done |= nxt.squeeze(1) == stop_token
             out[:, t : t + 1] = nxt
             t += 1
-            if on_token is not None:
-                on_token(nxt)
+            if on_token is not None and on_token(nxt):  # the caller has what it wanted (a stop sequence)
+                break
             # reading `done` waits for the device: read it every 16 tokens, and cut what follows the last stop
             if stop_token is not None and (i % 16 == 15 or i == max_new_tokens - 1) and bool(done.all()):
                 first_stop = (out[:, T:t] == stop_token).int().argmax(dim=1)  # (B,)

@@ -64,6 +64,12 @@ class Tokenizer(ABC):
         """The characters of text this tokenizer cannot encode (none, for byte-level BPE)."""
         return []
 
+    def text_bytes(self) -> list[int]:
+        """How many bytes of UTF-8 text each token id stands for (0 for a special token, which stands for none):
+        bits per byte divide a loss by these, whatever the tokenizer."""
+        specials = set(self.special_tokens.values())
+        return [0 if i in specials else len(self.decode([i]).encode("utf-8")) for i in range(self.vocab_size)]
+
     def decoder(self) -> "StreamDecoder":
         return StreamDecoder(self)
 

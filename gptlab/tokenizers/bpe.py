@@ -359,6 +359,10 @@ class ByteLevelBPE(Tokenizer):
             bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < len(table) and table[i] is not None)]
             raise TokenizerError(f"id(s) not in the vocabulary of {self.vocab_size}: {bad[:10]}") from None
 
+    def text_bytes(self) -> list[int]:
+        specials = set(self.special_tokens.values())  # a token may end mid-character: count its bytes, not text
+        return [0 if i in specials else len(self.token_bytes(i)) for i in range(self.vocab_size)]
+
     def token_bytes(self, i: int) -> bytes:
         """The bytes of one token (a special token's UTF-8 text)."""
         return self.decode_bytes([i])

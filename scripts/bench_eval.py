@@ -17,6 +17,7 @@ Last line: `gptlab/hf ratio: R`, the smallest ratio (gptlab's speed over hf's) o
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import statistics
 import tempfile
@@ -39,10 +40,12 @@ def export_random_model(shape: str, out: Path) -> Path:
     from gptlab.tokenizers import ByteLevelBPE
     from gptlab.tokenizers.hf_export import hf_tokenizer_files
 
-    text = find_or_download(SHAKESPEARE).read_text(encoding="utf-8")
+    text = find_or_download(SHAKESPEARE.file, SHAKESPEARE.url, SHAKESPEARE.sha256, None).read_text(encoding="utf-8")
     tok = ByteLevelBPE.train(text[:300_000], vocab_size=1024, show_progress=False)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{"vocab_size": tok.vocab_size, "dropout": 0.0, **SHAPES[shape]}))
+    with torch.no_grad():  # ids past the tokenizer's get logit 0, below the best real one: neither side picks them
+        model.transformer.wte.weight[tok.vocab_size:] = 0.0  # (gptlab never samples them; hf would)
     files = hf_tokenizer_files(tok, model_max_length=model.config.block_size)
     return save_hf_folder(model, out / shape, tokenizer_files=files, eos_token_id=tok.eot_id)
 
@@ -78,10 +81,12 @@ def main() -> None:
 
     import lm_eval.models.huggingface as hf
 
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its truncation notes, once per request
+
     from gptlab.data.sources import SHAKESPEARE, find_or_download
     from gptlab.harness import GptlabLM
 
-    text = find_or_download(SHAKESPEARE).read_text(encoding="utf-8")
+    text = find_or_download(SHAKESPEARE.file, SHAKESPEARE.url, SHAKESPEARE.sha256, None).read_text(encoding="utf-8")
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):

@@ -78,7 +78,7 @@ def main() -> None:
     if args.text is None:
         from gptlab.data.sources import SHAKESPEARE, find_or_download
 
-        args.text = find_or_download(SHAKESPEARE)
+        args.text = find_or_download(SHAKESPEARE.file, SHAKESPEARE.url, SHAKESPEARE.sha256, None)
     names = make(args.text.read_text(encoding="utf-8"), args.out, args.n)
     print(f"wrote {', '.join(names)} into {args.out}: gptlab eval ckpt_path=RUN_DIR tasks={','.join(names)} "
           f"include_path={args.out}")

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Optional
 
 import lightning as L
 from omegaconf import DictConfig
@@ -199,7 +200,8 @@ def run_harness(cfg: EvalConfig) -> dict:
     except Exception as e:  # the data of a hub task: offline, the harness fails inside `datasets`
         if not offline(e):
             raise
-        raise GptlabError(f"the data of {', '.join(names)} could not be downloaded ({type(e).__name__}): "
+        sources = [f"{n} ({path} on the Hugging Face Hub)" if (path := data_set(manager, n)) else n for n in names]
+        raise GptlabError(f"the data of {', '.join(sources)} could not be downloaded ({type(e).__name__}): "
                           "without network, write a task over local files (a YAML with dataset_path: json and "
                           "dataset_kwargs.data_files, see the README) and give include_path=ITS_FOLDER") from None
     print(make_table(results))
@@ -210,6 +212,12 @@ def run_harness(cfg: EvalConfig) -> dict:
     out.write_text(json.dumps(kept, indent=2, default=handle_non_serializable))
     print(f"written  {out}")
     return kept
+
+
+def data_set(manager: Any, task: str) -> Optional[str]:
+    """The data set a harness task reads (its YAML's dataset_path), if it names one."""
+    entry = manager.task_index.get(task)
+    return (getattr(entry, "cfg", None) or {}).get("dataset_path") if entry is not None else None
 
 
 def offline(e: BaseException) -> bool:

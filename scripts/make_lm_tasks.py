@@ -1,8 +1,8 @@
 """Local tasks for the LM Evaluation Harness, over the last tenth of Tiny Shakespeare (the text the runs hold out
 for validation): one of each kind a task can be, as the harness's YAML over JSONL files. Nothing downloads.
 
-    python scripts/make_lm_tasks.py tasks/                    # writes tasks/*.yaml and tasks/*.jsonl
-    gptlab eval ckpt_path=RUN_DIR tasks=shakespeare_next_line,shakespeare_ppl include_path=tasks/
+    python scripts/make_lm_tasks.py outputs/tasks/                  # writes its .yaml and .jsonl files there
+    gptlab eval ckpt_path=RUN_DIR tasks=shakespeare_next_line,shakespeare_ppl include_path=outputs/tasks/
 
 - shakespeare_next_line (multiple_choice): a line of a speech, and four candidates for the line after it (the
   true one and three lines from elsewhere in the text); acc and acc_norm (the harness's length-normalised acc).

@@ -118,7 +118,8 @@ def test_harness_failures_are_one_line(run_and_export, tasks, monkeypatch):
     # a task whose data set is on the Hub, with no network: which data, and how to use local files instead
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(GptlabError, match="could not be downloaded.*include_path"):
+    with pytest.raises(GptlabError, match=r"lambada_openai \(EleutherAI/lambada_openai on the Hugging Face Hub\) "
+                                          "could not be downloaded.*include_path"):
         eval_run(eval_cfg(f"ckpt_path={run}", "tasks=lambada_openai", "limit=2", "device=cpu"))
     monkeypatch.setitem(__import__("sys").modules, "lm_eval", None)  # as if the extra were not installed
     with pytest.raises(GptlabError, match=r'pip install -e "\.\[eval\]"'):

@@ -45,8 +45,9 @@ class GptlabLM(TemplateLM):
 
     def __init__(self, pretrained: Optional[str] = None, device: str = "auto", batch_size: Union[int, str] = 16,
                  dtype: Optional[str] = None, max_gen_toks: int = 256, model: Optional[GPT] = None,
-                 tokenizer: Optional[Tokenizer] = None, **_ignored: Any) -> None:
-        """pretrained: what `checkpoint.load` takes; or model and tokenizer as they are (a run in training)."""
+                 tokenizer: Optional[Tokenizer] = None, max_batch_size: Optional[int] = None) -> None:
+        """pretrained: what `checkpoint.load` takes; or model and tokenizer as they are (a run in training).
+        max_batch_size: what the harness passes every model (its batch_size=auto's ceiling); auto here is 16."""
         super().__init__()
         if model is None or tokenizer is None:
             if pretrained is None:
@@ -184,22 +185,22 @@ class GptlabLM(TemplateLM):
         idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=self._device)
         row_start = torch.tensor([width - len(p) for p in prompts], device=self._device)
         rows: list[list[int]] = [[] for _ in prompts]
+        finished = [False] * len(prompts)
         stop = None if self.eot_token_id < 0 else self.eot_token_id
 
         def done(nxt: torch.Tensor) -> bool:
-            for row, token in zip(rows, nxt[:, 0].tolist()):
-                row.append(token)
-            return all((stop is not None and stop in row) or any(u and u in self.tok_decode(row) for u in until)
-                       for row in rows)
+            for b, token in enumerate(nxt[:, 0].tolist()):
+                if not finished[b]:
+                    rows[b].append(token)
+                    finished[b] = token == stop or any(u and u in self.tok_decode(rows[b]) for u in until)
+            return all(finished)
 
         gen = torch.Generator(device=self._device).manual_seed(1234)
         out = generate(self.model, idx, budget, temperature=temperature, top_k=None, generator=gen, stop_token=stop,
                        vocab_size=self.tok.vocab_size, on_token=done,
                        row_start=row_start if max(row_start.tolist()) > 0 else None)  # None: no padding at all
-        texts = []
-        for row in out[:, width:].tolist():
-            texts.append(self.tok_decode(row[:row.index(stop)] if stop is not None and stop in row else row))
-        return texts
+        return [self.tok_decode(row[:row.index(stop)] if stop is not None and stop in row else row)
+                for row in out[:, width:].tolist()]
 
     def get_model_info(self) -> dict:
         return {"model_source": self.source, "model_num_parameters": sum(p.numel() for p in self.model.parameters()),

@@ -103,9 +103,9 @@ class StackedMuon(torch.optim.Muon):
     """torch.optim.Muon (its groups, hyperparameters, state and update) with the step taken once per shape instead
     of once per matrix: the updates of one shape (a block's c_fc in every layer, say) orthogonalised together as
     one batch of matrix products. On a GPU that is fewer kernel launches; on a 2-core CPU, where torch's loop over
-    small matrices made a step cost a fifth more than AdamW's, it halves Muon's time (scripts/bench_muon.py).
-    Newton-Schulz runs in `ns_dtype`: bfloat16 as torch's own, or float32 where bf16 matmuls are slow (a CPU
-    without bf16 units, ~12x). The same state dict as torch's Muon, so a checkpoint moves between them."""
+    small matrices made a training step cost a fifth more than with AdamW, it takes 30% off Muon's step at the CPU
+    recipe's size (scripts/bench_muon.py). Newton-Schulz runs in `ns_dtype`: bfloat16 as torch's own, or float32
+    where bf16 matmuls are slow (a CPU without bf16 units: 10-100x). The same state dict as torch's Muon, so a checkpoint moves between them."""
 
     # matrices per stack: as many as fit in 2^19 elements (1 MB in bf16, about a CPU core's L2 cache): the small
     # ones batched, where each call's overhead outweighs its arithmetic; large ones one at a time, as torch does

@@ -103,6 +103,8 @@ class GptlabLM(TemplateLM):
         return self.tok.decode([i for i in ids if i not in self._special_ids])
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The conversation as gptlab's template renders it (`render`), as text: the harness hands prompts over as
+        text, so a message that spells out a marker reads as that marker here, as with Hugging Face tokenizers."""
         ids, _ = render(self.tok, chat_history, reply=add_generation_prompt)  # type: ignore[arg-type]
         return self.tok.decode(ids)
 

@@ -156,3 +156,24 @@ def test_the_harness_own_command_line_runs_gptlab(run_and_export, tasks, tmp_pat
                            "--limit", "3"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "shakespeare_ppl" in done.stdout and "bits_per_byte" in done.stdout
+
+
+def test_a_chat_model_prompt_goes_through_its_template_and_stops_at_the_turn_end(shakespeare_text):
+    """apply_chat_template renders the harness's chat history with gptlab's template (render()); encoding the
+    prompt gives render's ids back (markers are whole tokens), and generation stops at <|end|>."""
+    import torch
+
+    from gptlab.harness import GptlabLM
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.tokenizers import CharTokenizer
+    from gptlab.tokenizers.chat import END, chat_tokenizer, render
+
+    tok = chat_tokenizer(CharTokenizer.train(shakespeare_text[:10_000]))
+    torch.manual_seed(0)
+    lm = GptlabLM(model=GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16)),
+                  tokenizer=tok)
+    history = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Who is here?"},
+               {"role": "assistant", "content": "ROMEO"}, {"role": "user", "content": "And then?"}]
+    prompt = lm.apply_chat_template(history)
+    assert lm.is_chat and lm.tok_encode(prompt) == render(tok, history, reply=True)[0]
+    assert lm.eot_token_id == tok.special_tokens[END]

@@ -127,3 +127,41 @@ def test_generation_stays_on_the_gpu():
         assert sampled.device.type == "cuda" and sampled.size(1) <= 25
     finally:
         torch.set_float32_matmul_precision(precision)
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_requests_joining_and_leaving_shared_caches_each_get_their_own_answer(pos):
+    """Continuous batching at the model's level: each request's prompt is read into its own cache row (rows=) while
+    the others wait, then every row takes one token per step at its own position (input_pos (B, 1)); a row freed by
+    a finished request takes the next one. Each gets the greedy tokens it gets alone."""
+    m = lively(pos=pos, block_size=32)
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 50, (n,)).tolist() for n in (5, 9, 2, 7)]
+    budgets = [10, 4, 12, 6]
+    alone = [generate(m, torch.tensor([p]), n, temperature=0)[0, len(p):].tolist() for p, n in zip(prompts, budgets)]
+    slots, waiting = [None, None], list(range(len(prompts)))  # two cache rows for four requests
+    got: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
+    nxt = torch.zeros(2, 1, dtype=torch.long)
+    at = torch.zeros(2, 1, dtype=torch.long)  # each row's next cache slot
+    with torch.no_grad():
+        m.setup_caches(2, 32)
+        while waiting or any(s is not None for s in slots):
+            for r in range(2):  # a free row takes the next request: its prompt read into that row alone
+                if slots[r] is None and waiting:
+                    i = waiting.pop(0)
+                    p = torch.tensor([prompts[i]])
+                    logits = m(p, input_pos=torch.arange(p.size(1)), rows=torch.tensor([r]))[0][:, -1]
+                    slots[r], nxt[r, 0], at[r, 0] = i, logits.argmax(-1), p.size(1)
+                    got[i].append(int(nxt[r, 0]))
+            logits = m(nxt, input_pos=at.clone())[0][:, -1]  # one step for every row, each at its own slot
+            at += 1
+            nxt = logits.argmax(-1, keepdim=True)
+            for r, i in enumerate(slots):
+                if i is None:
+                    continue
+                if len(got[i]) < budgets[i]:
+                    got[i].append(int(nxt[r, 0]))
+                if len(got[i]) == budgets[i]:
+                    slots[r] = None  # finished: the row is free for the next request
+    assert [got[i] for i in range(len(prompts))] == alone
+    assert len({tuple(a) for a in alone}) == len(alone)  # the answers differ: positions and contexts matter

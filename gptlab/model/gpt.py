@@ -155,9 +155,10 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: Optional[KVCache] = None  # set by GPT.setup_caches, for generation
 
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False,
-                pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """pos: the tokens' positions, (T,) or per row (B, T); None: 0..T-1. input_pos: their slots in the cache."""
+                need_weights: bool = False, pos: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """pos: the tokens' positions, (T,) or per row (B, T); None: 0..T-1. input_pos: their slots in the cache,
+        rows: the cache rows x's rows are (None: all, in order)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.hs, self.n_kv_head * self.hs], dim=2)
         # (B, T, heads * hs) -> (B, heads, T, hs): each head attends independently
@@ -171,7 +172,7 @@ class CausalSelfAttention(nn.Module):
             cos, sin = cos.to(q.dtype), sin.to(q.dtype)
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if input_pos is not None:  # generation: store the new keys and values, attend over the whole cache
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv_head, L, hs)
+            k, v = self.kv_cache.update(input_pos, k, v, rows)  # (B, n_kv_head, L, hs)
         if self.n_kv_head != self.n_head:  # grouped-query: each k, v head serves n_head / n_kv_head q heads
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
 
@@ -232,14 +233,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False,
-                pos: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                need_weights: bool = False, pos: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.pre_norm:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
-            a, w = self.attn(self.ln_1(x), input_pos, mask, need_weights, pos)
+            a, w = self.attn(self.ln_1(x), input_pos, mask, need_weights, pos, rows)
             x = x + a
             x = x + self.mlp(self.ln_2(x))
         else:  # GPT-1 / original Transformer: LN(x + f(x))
-            a, w = self.attn(x, input_pos, mask, need_weights, pos)
+            a, w = self.attn(x, input_pos, mask, need_weights, pos, rows)
             x = self.ln_1(x + a)
             x = self.ln_2(x + self.mlp(x))
         return x, w
@@ -260,11 +261,19 @@ class KVCache:
             torch._dynamo.mark_static_address(self.k)
             torch._dynamo.mark_static_address(self.v)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, h, T, hs) at positions input_pos (T,); return the whole cache, 2 x (B, h, max_len, hs)."""
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
-        return self.k, self.v
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, h, T, hs) at positions input_pos, (T,) for every row or (B, T) each row its own, into the
+        cache's rows `rows` (B,) (None: all, in order); return those rows of the cache, 2 x (B, h, max_len, hs)."""
+        if rows is None and input_pos.dim() == 1:
+            self.k.index_copy_(2, input_pos, k)
+            self.v.index_copy_(2, input_pos, v)
+            return self.k, self.v
+        which = (torch.arange(k.size(0), device=k.device) if rows is None else rows).unsqueeze(1)  # (B, 1)
+        at = input_pos.expand(k.size(0), -1)  # (B, T)
+        self.k[which, :, at] = k.transpose(1, 2)  # indexed: (B, T, h, hs)
+        self.v[which, :, at] = v.transpose(1, 2)
+        return (self.k, self.v) if rows is None else (self.k[rows], self.v[rows])
 
 
 class GPT(nn.Module):
@@ -306,8 +315,8 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters()) - (wpe if non_embedding else 0)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                input_pos: Optional[torch.Tensor] = None,
-                start: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                input_pos: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None,
+                rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
 
         input_pos (T,), for generation: the positions of idx's tokens in the KV caches (`setup_caches`). Their
@@ -315,6 +324,9 @@ class GPT(nn.Module):
         only the last token's logits are computed, (B, 1, vocab): generation reads no others.
         start (B,), with input_pos: rows of different lengths, left-padded to one; row b's text begins at cache
         slot start[b]. Its tokens take positions from there (slot - start[b]) and never see the padding before it.
+        For many requests sharing the caches as they come and go (a server's continuous batching): input_pos
+        (B, T) gives each row its own slots, and rows (B,) says which cache rows idx's rows are (a request's
+        prompt read into its own row while the others wait).
         """
         T = idx.size(1)
         if input_pos is None:
@@ -327,13 +339,15 @@ class GPT(nn.Module):
                 raise ValueError("input_pos needs KV caches: call model.setup_caches(batch, max_len) first")
             # (T, L): cached position j is visible to the token at input_pos[i] when j <= input_pos[i]
             slots = torch.arange(cache.k.size(2), device=idx.device)
-            pos, mask = input_pos, slots <= input_pos.unsqueeze(1)
-            if start is not None:  # (B, 1, T, L): a row sees its own text; a padding token itself (no empty softmax)
+            pos, mask = input_pos, slots <= input_pos.unsqueeze(-1)  # (T, L), or (B, T, L): each row its own
+            if start is not None:  # a row sees its own text; a padding token itself (no empty softmax)
                 pos = (input_pos - start.unsqueeze(1)).clamp(min=0)  # (B, T)
-                mask = (mask & ((slots >= start.view(-1, 1, 1)) | (slots == input_pos.unsqueeze(1)))).unsqueeze(1)
+                mask = mask & ((slots >= start.view(-1, 1, 1)) | (slots == input_pos.unsqueeze(-1)))
+            if mask.dim() == 3:
+                mask = mask.unsqueeze(1)  # (B, 1, T, L): the same for every head
         x = self._embed(idx, pos)
         for block in self.transformer.h:
-            x, _ = block(x, input_pos, mask, pos=pos if input_pos is not None else None)
+            x, _ = block(x, input_pos, mask, pos=pos if input_pos is not None else None, rows=rows)
         if input_pos is not None:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)

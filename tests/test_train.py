@@ -197,7 +197,9 @@ def test_time_budget_stops_with_a_validation_and_annealed_lr(cfg_factory, tmp_pa
     assert schedule["lr_lambdas"][0]["total_steps"] == steps  # the cosine was aimed at the step where it stopped
     floor, peak = 1e-4, 1e-3  # min_lr_ratio x lr, lr
     if steps >= 20:  # enough steps timed for the aim to have been right on the way (a slow machine gets fewer)
-        assert schedule["_last_lr"][0] <= floor + 0.05 * (peak - floor)  # the lr came down to its floor
+        # the lr came down to its floor: within 15% of the way, since a machine whose pace changes under other
+        # work (the suite's other worker) moves the aim by a few steps between the last update and the stop
+        assert schedule["_last_lr"][0] <= floor + 0.15 * (peak - floor)
     (event_file,) = (tmp_path / "run/tensorboard").glob("events.*")
     ea = EventAccumulator(str(event_file))
     ea.Reload()

@@ -16,7 +16,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
 
 import lightning as L
 from omegaconf import DictConfig
@@ -173,22 +172,14 @@ def run_harness(cfg: EvalConfig) -> dict:
     and its results written beside the checkpoint."""
     try:
         import lm_eval
-        from lm_eval.tasks import TaskManager
         from lm_eval.utils import handle_non_serializable, make_table
 
-        from gptlab.harness import GptlabLM
+        from gptlab.harness import GptlabLM, offline_error, task_manager
     except ImportError as e:
         raise GptlabError(f'tasks= needs the LM Evaluation Harness ({e.name} is not installed): '
                           'pip install -e ".[eval]"') from None
-    if cfg.include_path and not Path(cfg.include_path).expanduser().is_dir():
-        raise GptlabError(f"include_path={cfg.include_path} is not a folder: give the folder of your task YAMLs")
     names = [t.strip() for t in cfg.tasks.split(",") if t.strip()]  # type: ignore[union-attr]
-    manager = TaskManager(include_path=str(Path(cfg.include_path).expanduser()) if cfg.include_path else None)
-    unknown = [t for t in names if t not in manager.all_tasks]
-    if unknown:
-        raise GptlabError(f"no task named {', '.join(unknown)} in the harness"
-                          f"{' or in ' + cfg.include_path if cfg.include_path else ''}: `lm_eval ls tasks` lists them; "
-                          "a task of your own: include_path=FOLDER of task YAMLs")
+    manager = task_manager(names, cfg.include_path)
     lm = GptlabLM(cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size)
     chat = lm.is_chat if cfg.apply_chat_template is None else cfg.apply_chat_template
     print(f"[{lm.source}: {', '.join(names)} by the LM Evaluation Harness {lm_eval.__version__}"
@@ -198,12 +189,10 @@ def run_harness(cfg: EvalConfig) -> dict:
                                           task_manager=manager, apply_chat_template=chat, log_samples=False,
                                           batch_size=cfg.batch_size, device=str(lm.device))
     except Exception as e:  # the data of a hub task: offline, the harness fails inside `datasets`
-        if not offline(e):
+        error = offline_error(e, manager, names)
+        if error is None:
             raise
-        sources = [f"{n} ({path} on the Hugging Face Hub)" if (path := data_set(manager, n)) else n for n in names]
-        raise GptlabError(f"the data of {', '.join(sources)} could not be downloaded ({type(e).__name__}): "
-                          "without network, write a task over local files (a YAML with dataset_path: json and "
-                          "dataset_kwargs.data_files, see the README) and give include_path=ITS_FOLDER") from None
+        raise error from None
     print(make_table(results))
     stem = "harness-" + "-".join(n.replace("/", "_") for n in names)
     out = RunDir.evaluation(Path(lm.source), stem)
@@ -212,23 +201,6 @@ def run_harness(cfg: EvalConfig) -> dict:
     out.write_text(json.dumps(kept, indent=2, default=handle_non_serializable))
     print(f"written  {out}")
     return kept
-
-
-def data_set(manager: Any, task: str) -> Optional[str]:
-    """The data set a harness task reads (its YAML's dataset_path), if it names one."""
-    entry = manager.task_index.get(task)
-    return (getattr(entry, "cfg", None) or {}).get("dataset_path") if entry is not None else None
-
-
-def offline(e: BaseException) -> bool:
-    """Whether an exception comes from data that could not be downloaded (no network, or the Hub unreachable)."""
-    names = {"ConnectionError", "ConnectTimeout", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-             "DatasetNotFoundError", "HfHubHTTPError", "MaxRetryError", "NameResolutionError"}
-    while e is not None:
-        if type(e).__name__ in names or isinstance(e, ConnectionError):
-            return True
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-    return False
 
 
 def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:

@@ -20,6 +20,7 @@ A chat model's prompts can go through its chat template (`apply_chat_template`).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
@@ -209,19 +210,52 @@ class GptlabLM(TemplateLM):
                 "model_dtype": str(next(self.model.parameters()).dtype)}
 
 
+def task_manager(names: list[str], include_path: Optional[str] = None) -> Any:
+    """The harness's TaskManager for these task names (local ones from include_path's YAMLs), each checked to
+    exist: a user's mistake is one line."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path and not Path(include_path).expanduser().is_dir():
+        raise GptlabError(f"include_path={include_path} is not a folder: give the folder of your task YAMLs")
+    manager = TaskManager(include_path=str(Path(include_path).expanduser()) if include_path else None)
+    unknown = [t for t in names if t not in manager.all_tasks]
+    if unknown:
+        raise GptlabError(f"no task named {', '.join(unknown)} in the harness"
+                          f"{' or in ' + include_path if include_path else ''}: `lm_eval ls tasks` lists them; "
+                          "a task of your own: include_path=FOLDER of task YAMLs")
+    return manager
+
+
+def offline_error(e: BaseException, manager: Any, names: list[str]) -> Optional[GptlabError]:
+    """The one line for an exception that comes from task data that could not be downloaded (no network, the Hub
+    unreachable), naming each task's data set; None for any other exception."""
+    kinds = {"ConnectionError", "ConnectTimeout", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+             "DatasetNotFoundError", "HfHubHTTPError", "MaxRetryError", "NameResolutionError"}
+    cause: Optional[BaseException] = e
+    while cause is not None and not (type(cause).__name__ in kinds or isinstance(cause, ConnectionError)):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    sources = []
+    for n in names:  # the data set a task reads: its YAML's dataset_path, where it names one
+        entry = manager.task_index.get(n)
+        path = (getattr(entry, "cfg", None) or {}).get("dataset_path") if entry is not None else None
+        sources.append(f"{n} ({path} on the Hugging Face Hub)" if path else n)
+    return GptlabError(f"the data of {', '.join(sources)} could not be downloaded ({type(e).__name__}): "
+                       "without network, write a task over local files (a YAML with dataset_path: json and "
+                       "dataset_kwargs.data_files, see the README) and give include_path=ITS_FOLDER")
+
+
 class TaskScorer:
     """One task of the harness, loaded once, scored again on a model as it trains (the HarnessTask callback)."""
 
     def __init__(self, task: str, include_path: Optional[str] = None, limit: Optional[float] = None,
                  batch_size: int = 16) -> None:
-        from lm_eval.tasks import TaskManager, get_task_dict
+        from lm_eval.tasks import get_task_dict
 
-        manager = TaskManager(include_path=include_path)
-        if task not in manager.all_tasks:
-            raise GptlabError(f"no task named {task} in the harness{' or in ' + include_path if include_path else ''}"
-                              ": `lm_eval ls tasks` lists them; a task of your own: its folder as include_path")
+        manager = task_manager([task], include_path)
         self.task, self.limit, self.batch_size = task, limit, batch_size
-        self.tasks = get_task_dict([task], manager)
+        self.tasks = get_task_dict([task], manager)  # its data loaded here, once
 
     def __call__(self, model: GPT, tokenizer: Tokenizer) -> dict[str, float]:
         """The task's metrics for this model ("acc", "acc_norm", ...), standard errors left out."""

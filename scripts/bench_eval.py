@@ -30,17 +30,15 @@ SHAPES = {"small": dict(),  # model=small: GPTConfig's defaults (6 layers of 256
           "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257)}  # GPT-2 124M
 
 
-def export_random_model(shape: str, out: Path) -> Path:
+def export_random_model(shape: str, text: str, out: Path) -> Path:
     """A randomly initialised GPT of the shape and a byte-level BPE of 1,024 tokens trained on Tiny Shakespeare
     (GPT-2's own would download; its 50,257-wide head is kept in the gpt2 shape), written as the Hugging Face
     folder `gptlab export` writes."""
-    from gptlab.data.sources import SHAKESPEARE, find_or_download
     from gptlab.model import GPT, GPTConfig
     from gptlab.model.hf_export import save_hf_folder
     from gptlab.tokenizers import ByteLevelBPE
     from gptlab.tokenizers.hf_export import hf_tokenizer_files
 
-    text = find_or_download(SHAKESPEARE.file, SHAKESPEARE.url, SHAKESPEARE.sha256, None).read_text(encoding="utf-8")
     tok = ByteLevelBPE.train(text[:300_000], vocab_size=1024, show_progress=False)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{"vocab_size": tok.vocab_size, "dropout": 0.0, **SHAPES[shape]}))
@@ -90,7 +88,7 @@ def main() -> None:
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
-            folder = export_random_model(shape, Path(tmp))
+            folder = export_random_model(shape, text, Path(tmp))
             models = {"gptlab": GptlabLM(str(folder), device=args.device, batch_size=args.batch_size),
                       "hf": hf.HFLM(pretrained=str(folder), device=args.device, batch_size=args.batch_size,
                                     dtype="float32")}

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 import yaml
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf

@@ -13,14 +13,12 @@ import time
 from pathlib import Path
 
 import lightning as L
-import pytest
 import torch
 
 from gptlab.cli import verbatim
 from gptlab.lit.safety import Interrupted
 from gptlab.train import shown, train
 
-from conftest import REPO
 
 
 class Slow(L.Callback):

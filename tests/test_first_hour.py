@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from gptlab.config import EvalConfig, GenerateConfig, to_spec
 from gptlab.data import DataConfig

@@ -15,7 +15,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gptlab import checkpoint
 from gptlab.errors import GptlabError
-from gptlab.model import ConfigError
 from gptlab.train import build, train
 
 from conftest import REPO

@@ -12,6 +12,7 @@ COMMANDS = {
     "generate": "sample text from a trained model",
     "eval": "loss, perplexity and bits per character of a trained model (data=chat: exact-match of answers)",
     "chat": "talk to a model fine-tuned on conversations",
+    "serve": "a model over HTTP: OpenAI's API, a chat page, many clients batched",
     "inspect": "attention maps of a trained model for one prompt (PNG, HTML page, summary)",
     "export": "a trained model as a Hugging Face folder (transformers loads it)",
     "plot": "loss curves of a run or a sweep as one PNG (against steps and wall time)",

@@ -38,6 +38,15 @@ def record(model: GPTConfig, tokenizer: Tokenizer, config: dict, val_tokens_per_
             "val_tokens_per_char": val_tokens_per_char, "config": config}
 
 
+def save(path: Union[str, Path], model: GPT, tokenizer: Tokenizer, config: Optional[dict] = None) -> Path:
+    """A checkpoint of a model that was not trained by gptlab.train (built at random, or changed by hand), which
+    `load` and every entry point read back; it has no optimizer or loop state, so it cannot be resumed."""
+    state = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "global_step": 0,
+                "gptlab": record(model.config, tokenizer, config or {}, 1.0)}, path)
+    return Path(path)
+
+
 def _from_format_1(ckpt: dict) -> dict:
     """gptlab 0.1 kept its settings in Lightning's hyper_parameters; the data source was named."""
     hp = ckpt["hyper_parameters"]

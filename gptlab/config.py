@@ -125,6 +125,36 @@ class ChatConfig(InferenceConfig):
 
 
 @dataclass
+class ServeConfig:
+    """python -m gptlab.serve: a model behind OpenAI's API (/v1/chat/completions, /v1/completions) and a chat page."""
+
+    ckpt_path: str = MISSING  # a run dir, a .ckpt file, or GPT-2 (gpt2 ... gpt2-xl, or a Hugging Face folder)
+    host: str = "127.0.0.1"  # this machine only; 0.0.0.0: every interface (anyone who can reach the machine)
+    port: int = 8000  # 0: any free port (the printed address says which)
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
+    dtype: Optional[str] = None  # None: the checkpoint's (float32); auto: bfloat16 where a probe finds it fast
+    api_key: Optional[str] = None  # when set (here or in GPTLAB_API_KEY), every API request must bring it
+    name: Optional[str] = None  # the model's name in the API; None: the run folder's (or the checkpoint's) name
+    batch_size: int = 16  # requests decoded together, one KV cache row each
+    max_queue: int = 64  # requests that may wait for a row; past that the server answers 429 (try again)
+    max_tokens: Optional[int] = None  # the most new tokens one request may ask for; None: the context's size
+    max_request_bytes: int = 1_048_576  # a larger request body is refused (413) before it is read
+
+    def __post_init__(self) -> None:
+        if self.dtype not in (None, "auto", *DTYPES):
+            raise ValueError(f"dtype={self.dtype} is not one of auto, {', '.join(DTYPES)}")
+        for key in ("batch_size", "max_request_bytes"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_queue < 0:
+            raise ValueError(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 (or null: the context), got {self.max_tokens}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+
+
+@dataclass
 class EvalDataConfig:
     kind: str = "text"  # text: windows of a text; chat: conversations (data=chat): answer loss and exact match
     path: Optional[str] = None  # None: the checkpoint's own validation split
@@ -219,7 +249,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for (group, name), node in DEFAULT_OPTIONS.items():
         cs.store(group=group, name=name, node=node)
-    for n, node in (("train", TrainConfig), ("generate", GenerateConfig), ("eval", EvalConfig), ("chat", ChatConfig)):
+    for n, node in (("train", TrainConfig), ("generate", GenerateConfig), ("eval", EvalConfig), ("chat", ChatConfig),
+                    ("serve", ServeConfig)):
         cs.store(name=f"{n}_schema", node=node)
 
 

@@ -95,12 +95,15 @@ class ContinuousBatcher:
                     self._take(r, req, logits, n)
                     advanced.append(req)
             active = [r for r, req in enumerate(self.slots) if req is not None and not req.finished]
-            if active:
-                logits = self.model(self._next, input_pos=self._at.clone())[0][:, -1]  # every row, its own slot
-                for r in active:
-                    req = self.slots[r]
-                    self._take(r, req, logits[r:r + 1], int(self._at[r, 0]) + 1)  # type: ignore[arg-type]
-                    advanced.append(req)  # type: ignore[arg-type]
+            if len(active) == len(self.slots):  # every row, each at its own slot
+                logits = self.model(self._next, input_pos=self._at.clone())[0][:, -1]
+            elif active:  # only the busy rows: one request alone costs what it costs unbatched
+                which = torch.tensor(active, device=self.device)
+                logits = self.model(self._next[which], input_pos=self._at[which], rows=which)[0][:, -1]
+            for i, r in enumerate(active):
+                req = self.slots[r]
+                self._take(r, req, logits[i:i + 1], int(self._at[r, 0]) + 1)  # type: ignore[arg-type]
+                advanced.append(req)  # type: ignore[arg-type]
         self._retire()
         return advanced
 
@@ -114,7 +117,7 @@ class ContinuousBatcher:
             req.finished = True
 
     def _retire(self) -> None:
-        """Free the rows of finished requests; an idle row writes its (ignored) token at slot 0."""
+        """Free the rows of finished requests."""
         for r, req in enumerate(self.slots):
             if req is not None and req.finished:
                 self.slots[r] = None

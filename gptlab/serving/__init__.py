@@ -1,0 +1,1 @@
+"""A model served over HTTP: OpenAI's API, a chat page, many clients batched (gptlab serve)."""

@@ -1,0 +1,244 @@
+"""The HTTP server: OpenAI's routes over the engine, the chat page at `/`, and what keeps the server well
+whatever clients do: a size limit on request bodies, an API key when one is set, 429 when the queue is full,
+a client that goes away cancelling its generation, one log line per request, and client mistakes answered
+4xx in OpenAI's error format (never a 5xx, never a crash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from importlib import resources
+from typing import Any, AsyncIterator, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HttpRequest
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gptlab.serving.api import Answer, ApiError, Plan, Served, chat_plan, chunk, completion_plan, loads, response
+from gptlab.serving.engine import Busy, Engine, Job
+
+log = logging.getLogger("gptlab.serve")
+POLL_S = 0.25  # how often a whole (unstreamed) answer checks that its client is still there
+
+
+class Generation:
+    """One HTTP request's choices in the engine, their text as it arrives on the event loop."""
+
+    def __init__(self, engine: Engine, served: Served, plan: Plan) -> None:
+        self.engine, self.plan = engine, plan
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        stop_token = plan.requests[0].stop_token
+        self.answers = [Answer(served.tokenizer, stop_token, plan.stops) for _ in plan.requests]
+        try:
+            self.jobs = engine.submit(plan.requests, self._deliver)
+        except Busy:
+            raise ApiError(429, f"the server is busy ({engine.capacity} requests in flight): try again shortly",
+                           code="server_busy", kind="rate_limit_error", headers={"Retry-After": "1"}) from None
+
+    def _deliver(self, job: Job, tokens: list[int], finished: bool, error: Optional[BaseException]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (job.index, tokens, finished, error))
+
+    async def pieces(self) -> AsyncIterator[tuple[int, str, Optional[str]]]:
+        """(choice, its new text, its finish reason once over) until every choice is over; whatever ends this
+        early (the client gone, an error) cancels the choices still running."""
+        try:
+            running = len(self.answers)
+            while running:
+                index, tokens, finished, error = await self.queue.get()
+                if error is not None:
+                    raise ApiError(500, f"generation failed: {type(error).__name__}: {error}", kind="server_error")
+                answer = self.answers[index]
+                if answer.finish:  # cut by a stop string already; the engine's tokens were on their way
+                    continue
+                piece = answer.push(tokens, finished)
+                if answer.finish:
+                    running -= 1
+                    if not finished:
+                        self.engine.cancel([self.jobs[index]])
+                yield index, piece, answer.finish
+        finally:
+            self.engine.cancel(self.jobs)
+
+
+def sse(data: Any) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+class Server:
+    """The routes, over one engine and the model it serves."""
+
+    def __init__(self, engine: Engine, served: Served, api_key: Optional[str] = None,
+                 max_request_bytes: int = 1 << 20) -> None:
+        self.engine, self.served, self.api_key, self.max_request_bytes = engine, served, api_key, max_request_bytes
+        self.page = resources.files("gptlab.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+    def app(self) -> Starlette:
+        routes = [Route("/", self.index), Route("/health", self.health),
+                  Route("/v1/models", self.models), Route("/v1/models/{name:path}", self.model),
+                  Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                  Route("/v1/completions", self.completions, methods=["POST"])]
+        handlers: dict[Any, Any] = {ApiError: self.error, HTTPException: self.http_error, Exception: self.crash}
+        return Starlette(routes=routes, exception_handlers=handlers)
+
+    def asgi(self) -> ASGIApp:
+        return RequestLog(self.app())
+
+    # --- routes ---
+
+    async def index(self, request: HttpRequest) -> Response:
+        return HTMLResponse(self.page, headers={"Cache-Control": "no-store"})
+
+    async def health(self, request: HttpRequest) -> Response:
+        e = self.engine
+        return JSONResponse({"status": "ok", "model": self.served.name, "in_flight": e.in_flight,
+                             "capacity": e.capacity, "rows": e.rows, "served": e.served, "tokens": e.tokens})
+
+    def card(self) -> dict:
+        return {"id": self.served.name, "object": "model", "created": self.served.created, "owned_by": "gptlab",
+                "context_length": self.served.block_size, "chat": self.served.chat}
+
+    async def models(self, request: HttpRequest) -> Response:
+        self.authorize(request)
+        return JSONResponse({"object": "list", "data": [self.card()]})
+
+    async def model(self, request: HttpRequest) -> Response:
+        self.authorize(request)
+        if request.path_params["name"] != self.served.name:
+            raise ApiError(404, f"the model {request.path_params['name']!r} does not exist here: this server "
+                                f"serves {self.served.name!r}", "model", "model_not_found")
+        return JSONResponse(self.card())
+
+    async def chat(self, request: HttpRequest) -> Response:
+        self.authorize(request)
+        return await self.generate(request, chat_plan(self.served, loads(await self.body(request))))
+
+    async def completions(self, request: HttpRequest) -> Response:
+        self.authorize(request)
+        return await self.generate(request, completion_plan(self.served, loads(await self.body(request))))
+
+    # --- the work ---
+
+    async def generate(self, request: HttpRequest, plan: Plan) -> Response:
+        generation = Generation(self.engine, self.served, plan)
+        request.state.usage = generation
+        headers = {"X-Gptlab-Dropped-Messages": str(plan.dropped)} if plan.dropped else {}
+        if plan.stream:
+            return StreamingResponse(self.stream(generation), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+        pieces = generation.pieces()
+        drain = asyncio.ensure_future(self.drain(pieces))
+        while not drain.done():
+            await asyncio.wait({drain}, timeout=POLL_S)
+            if not drain.done() and await request.is_disconnected():
+                drain.cancel()  # the choices are cancelled on the way out: their rows free at the next step
+                await asyncio.gather(drain, return_exceptions=True)
+                return Response(status_code=499)  # nobody is there to read it; the log says so
+        drain.result()  # raises what generation raised
+        return JSONResponse(response(self.served, plan, generation.answers), headers=headers)
+
+    @staticmethod
+    async def drain(pieces: AsyncIterator[Any]) -> None:
+        async for _ in pieces:
+            pass
+
+    async def stream(self, generation: Generation) -> AsyncIterator[bytes]:
+        served, plan = self.served, generation.plan
+        for i in range(len(plan.requests)):  # the role first, as OpenAI does
+            yield sse(chunk(served, plan, i, "", None, first=True))
+        pieces = generation.pieces()
+        try:
+            async for index, piece, finish in pieces:
+                if piece or finish:
+                    yield sse(chunk(served, plan, index, piece, finish))
+        except ApiError as e:  # the status line has gone: the error travels as an event
+            yield sse(e.body())
+            return
+        finally:  # the client gone (this generator closed or cancelled): the choices' rows free at once
+            await pieces.aclose()
+        if plan.include_usage:
+            yield sse(chunk(served, plan, None, None, None, usage_of=generation.answers))
+        yield sse("[DONE]")
+
+    async def body(self, request: HttpRequest) -> bytes:
+        """The request's body, refused past max_request_bytes before more of it is read."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise self.too_large(int(declared))
+        chunks, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > self.max_request_bytes:
+                raise self.too_large(size)
+            chunks.append(part)
+        return b"".join(chunks)
+
+    def too_large(self, size: int) -> ApiError:
+        return ApiError(413, f"the request body has {size} bytes, more than this server's limit of "
+                             f"{self.max_request_bytes} (max_request_bytes=)", code="request_too_large")
+
+    def authorize(self, request: HttpRequest) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, key = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer KEY' "
+                                "(the key the server was started with)", code="invalid_api_key")
+
+    # --- errors: OpenAI's body, whatever went wrong ---
+
+    async def error(self, request: HttpRequest, e: Exception) -> Response:
+        assert isinstance(e, ApiError)
+        request.state.error = e.message
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    async def http_error(self, request: HttpRequest, e: Exception) -> Response:
+        assert isinstance(e, HTTPException)
+        message = {404: f"no route {request.url.path}: the API is under /v1 (chat/completions, completions, "
+                        "models)", 405: f"{request.method} is not allowed on {request.url.path}"}
+        return await self.error(request, ApiError(e.status_code, message.get(e.status_code, str(e.detail)),
+                                                  headers=dict(e.headers or {})))
+
+    async def crash(self, request: HttpRequest, e: Exception) -> Response:
+        log.exception("a request failed")
+        return await self.error(request, ApiError(500, f"the server failed: {type(e).__name__}", kind="server_error"))
+
+
+class RequestLog:
+    """One line per request once its answer is sent: who, what, the status, how long, the tokens."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [0]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            state = scope.get("state", {})
+            generation = state.get("usage")
+            tokens = ""
+            if generation is not None:
+                made = sum(a.tokens for a in generation.answers)
+                tokens = f" prompt={len(generation.plan.prompt)} completion={made}"
+            client = scope.get("client") or ("-", 0)
+            error = f" ({state['error']})" if state.get("error") else ""
+            gone = " client gone" if status[0] in (0, 499) else ""
+            log.info(f"{client[0]} {scope['method']} {scope['path']} {status[0] or 499} "
+                     f"{time.perf_counter() - start:.2f}s{tokens}{gone}{error}")

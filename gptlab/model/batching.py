@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from gptlab.model.gpt import GPT
-from gptlab.model.sampling import SEED, eval_mode, sample_next
+from gptlab.model.sampling import SEED, sample_next
 
 
 @dataclass(eq=False)
@@ -55,6 +55,7 @@ class ContinuousBatcher:
         self._generators: dict[int, torch.Generator] = {}
         self._next = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # each row's newest token
         self._at = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # ... and the slot it goes into
+        model.eval()  # serving: no dropout, for good (switching modes every step costs a walk over the modules)
         model.setup_caches(rows, model.config.block_size)
 
     @property
@@ -79,31 +80,30 @@ class ContinuousBatcher:
             self._generators.pop(id(request), None)
         self._retire()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self) -> list[Request]:
         """Admit waiting requests into free rows (each prompt read, its first token sampled), then one token for
         every active request, the new ones too. Returns the requests that got tokens in this step."""
         advanced: list[Request] = []
-        with eval_mode(self.model):
-            for r, slot in enumerate(self.slots):
-                if slot is None and self.waiting:
-                    req = self.slots[r] = self.waiting.popleft()
-                    prompt = torch.tensor([req.prompt], device=self.device)
-                    n = prompt.size(1)
-                    logits = self.model(prompt, input_pos=torch.arange(n, device=self.device),
-                                        rows=torch.tensor([r], device=self.device))[0][:, -1]
-                    self._take(r, req, logits, n)
-                    advanced.append(req)
-            active = [r for r, req in enumerate(self.slots) if req is not None and not req.finished]
-            if len(active) == len(self.slots):  # every row, each at its own slot
-                logits = self.model(self._next, input_pos=self._at.clone())[0][:, -1]
-            elif active:  # only the busy rows: one request alone costs what it costs unbatched
-                which = torch.tensor(active, device=self.device)
-                logits = self.model(self._next[which], input_pos=self._at[which], rows=which)[0][:, -1]
-            for i, r in enumerate(active):
-                req = self.slots[r]
-                self._take(r, req, logits[i:i + 1], int(self._at[r, 0]) + 1)  # type: ignore[arg-type]
-                advanced.append(req)  # type: ignore[arg-type]
+        for r, slot in enumerate(self.slots):
+            if slot is None and self.waiting:
+                req = self.slots[r] = self.waiting.popleft()
+                prompt = torch.tensor([req.prompt], device=self.device)
+                n = prompt.size(1)
+                logits = self.model(prompt, input_pos=torch.arange(n, device=self.device),
+                                    rows=torch.tensor([r], device=self.device))[0][:, -1]
+                self._take(r, req, logits, n)
+                advanced.append(req)
+        active = [r for r, req in enumerate(self.slots) if req is not None and not req.finished]
+        if len(active) == len(self.slots):  # every row, each at its own slot
+            logits = self.model(self._next, input_pos=self._at.clone())[0][:, -1]
+        elif active:  # only the busy rows: one request alone costs what it costs unbatched
+            which = torch.tensor(active, device=self.device)
+            logits = self.model(self._next[which], input_pos=self._at[which], rows=which)[0][:, -1]
+        for i, r in enumerate(active):
+            req = self.slots[r]
+            self._take(r, req, logits[i:i + 1], int(self._at[r, 0]) + 1)  # type: ignore[arg-type]
+            advanced.append(req)  # type: ignore[arg-type]
         self._retire()
         return advanced
 

@@ -33,7 +33,8 @@ from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import train_tokenizer
 from gptlab.tokenizers.chat import chat_tokenizer
 
-SHAPES = {"small": dict(block_size=128, n_layer=6, n_head=8, n_embd=256),  # model=small
+SHAPES = {"tiny": dict(block_size=64, n_layer=2, n_head=2, n_embd=64),  # for a quick check of the script
+          "small": dict(block_size=128, n_layer=6, n_head=8, n_embd=256),  # model=small
           "gpt2": dict(block_size=1024, n_layer=12, n_head=12, n_embd=768)}  # GPT-2 124M's shape
 QUESTIONS = ["What is 2 + 3?", "Name three colours.", "Spell the word cat backwards.", "Count from one to five.",
              "Who wrote Romeo and Juliet?", "What is the opposite of cold?", "Say hello.", "Is seven odd?"]

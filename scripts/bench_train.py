@@ -1,8 +1,9 @@
 """Training throughput: gptlab's Lightning path against a plain PyTorch loop, same model, batches, optimizer.
 
 Both run in this process, alternating, on the same windows of Tiny Shakespeare; each figure is the
-median of several repeats after warm-up steps. MFU is measured against this machine's own matmul
-throughput (a large matmul in the same dtype), so it needs no spec sheet.
+median of several repeats after warm-up steps. MFU is measured against the peak the training run's own
+`perf/mfu` uses (gptlab.devices.peak_flops): the data sheet's dense bf16 figure for known GPUs, else a large
+matmul measured in the same dtype on this machine.
 
     python scripts/bench_train.py                      # model=small, 32-true and bf16-mixed
     python scripts/bench_train.py --model nano --steps 20
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from gptlab.data import RandomWindows, TokenFiles, prepare_tokens, read_text
 from gptlab.data.sources import SHAKESPEARE, find_or_download
-from gptlab.devices import measured_matmul_flops, pick_device
+from gptlab.devices import DENSE_BF16_PEAKS, peak_flops, pick_device
 from gptlab.config import register_configs
 from gptlab.lit import GPTLitModule
 from gptlab.lit.optim import AdamWConfig
@@ -47,12 +48,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
-    """FLOP/s of a large matmul in `dtype`: the practical peak MFU is measured against (as gptlab does for
-    devices it has no data sheet figure for)."""
-    return measured_matmul_flops(device, dtype)
 
 
 def loader(tokens, block: int, batch: int, seed: int, device: torch.device) -> DataLoader:
@@ -154,7 +149,10 @@ def main() -> None:
 
     ratios = {}
     for precision in args.precision:
-        peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32, device)
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+        peak = peak_flops(device, dtype)
+        sheet = device.type == "cuda" and dtype == torch.bfloat16 and any(
+            n in torch.cuda.get_device_name(device) for n in DENSE_BF16_PEAKS)
         plain, lit = [], []
         for r in range(args.repeats):
             order = ("plain", "lightning") if r % 2 == 0 else ("lightning", "plain")
@@ -169,7 +167,7 @@ def main() -> None:
         ratios[precision] = li / p
         for name, v in (("plain", p), ("lightning", li)):
             print(f"{precision:>10} {name:>9}: {v:9,.0f} tokens/s  MFU {v * flops_tok / peak:5.1%} "
-                  f"(of a measured {peak / 1e12:.2f} TFLOP/s matmul)")
+                  f"(of {'the data sheet' if sheet else 'a measured matmul'}'s {peak / 1e12:.2f} TFLOP/s)")
         print(f"{precision:>10} lightning/plain tokens/s ratio: {ratios[precision]:.2f}")
     last = "32-true" if "32-true" in ratios else next(iter(ratios))
     print(f"lightning/plain tokens/s ratio: {ratios[last]:.2f}")

@@ -175,6 +175,19 @@ def test_stream_ends_with_done_and_usage_when_asked(chat_server):
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
 
 
+def test_a_long_conversation_loses_its_oldest_turns_and_a_long_last_message_gets_the_room_left(chat_server):
+    old = [{"role": "user", "content": "a" * 20}, {"role": "assistant", "content": "b" * 20}]
+    last = [{"role": "user", "content": "c" * 20}]
+    r = httpx.post(f"{chat_server.url}/v1/chat/completions",
+                   json={"model": "assistant", "messages": old + last, "temperature": 0})
+    assert r.status_code == 200 and r.headers["x-gptlab-dropped-messages"] == "2"
+    answer = r.json()["choices"][0]["message"]["content"]
+    assert answer == expected_answer(chat_server.ckpt, last, 64 - 23)  # what is left of the context: 41 tokens
+    long = client(chat_server).chat.completions.create(
+        model="assistant", messages=[{"role": "user", "content": "a" * 50}], temperature=0)
+    assert long.usage.prompt_tokens == 53 and long.usage.completion_tokens <= 11  # <|user|> 50 <|end|> <|assistant|>
+
+
 BAD = [  # (body, status, the field the error names)
     (b"{not json", 400, None),
     (b"[1, 2]", 400, None),
@@ -365,3 +378,13 @@ def test_the_page_in_headless_chromium_streams_an_answer(chat_server):
         page.keyboard.press("Alt+n")
         assert page.locator(".msg.assistant").count() == 0
         browser.close()
+
+
+def test_the_serve_benchmark_runs_without_errors():
+    """scripts/bench_serve.py at a tiny size: concurrent streaming clients, every stream complete."""
+    p = subprocess.run([sys.executable, "scripts/bench_serve.py", "--clients", "3", "--requests", "6", "--single", "1",
+                        "--max-tokens", "4", "--batch-size", "2"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.strip().splitlines()[-2:]
+    assert last[0] == "errors: 0" and last[1].startswith("batched/single tokens/s: ")

@@ -234,12 +234,14 @@ def chat_plan(served: Served, body: dict) -> Plan:
     asked = max_tokens(served, body, "max_tokens") if asked is None else asked
     block = served.block_size
     reserve = asked if asked is not None else min(served.max_tokens, block // 4)
-    ids, dropped = fit(served.tokenizer, conversation, max(1, block - reserve))
-    if len(ids) + reserve > block:
-        raise ApiError(400, f"the conversation's last message(s) take {len(ids)} tokens and max_tokens {reserve}: "
-                            f"more than the model's context of {block} tokens; shorten it or ask fewer tokens",
-                       "messages", "context_length_exceeded")
-    new = asked if asked is not None else min(served.max_tokens, block - len(ids))
+    ids, dropped = fit(served.tokenizer, conversation, max(1, block - reserve))  # the oldest turns go first
+    room = block - len(ids)  # without max_tokens, a last message longer than asked still gets what room is left
+    if room < (asked or 1):
+        raise ApiError(400, f"the conversation's last message(s) take {len(ids)} tokens"
+                            f"{f' and max_tokens {asked}' if asked else ''}: more than the model's context of {block} "
+                            f"tokens; shorten it{' or ask fewer tokens' if asked else ''}", "messages",
+                       "context_length_exceeded")
+    new = asked if asked is not None else min(served.max_tokens, room)
     return _plan(served, body, True, ids, new, end_id(served.tokenizer), dropped)
 
 

@@ -80,19 +80,27 @@ def bf16_speedup(device: torch.device) -> float:
 
 
 def _time_matmul(dtype: torch.dtype) -> float:
-    """Seconds of the fastest of up to PROBE_REPEATS PROBE_SIZE-square matmuls on the CPU (the first one warms
-    up; the fastest is the one another process on the machine disturbed least)."""
+    """Seconds of the fastest of up to PROBE_REPEATS PROBE_SIZE-square matmuls on one CPU thread (the first one
+    warms up; the fastest is the one another process on the machine disturbed least). One thread, because with
+    several a busy machine keeps some of them waiting: fp32 measured 100x slower under load passed for bf16
+    being fast on an AVX2-only CPU; and a matmul this small spreads unevenly over threads (bf16 1.1x to 1.9x
+    fp32 with 2 threads on a Zen 4, 2.0x to 2.2x with one)."""
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randn(PROBE_SIZE, PROBE_SIZE, generator=g).to(dtype) for _ in range(2))
-    a @ b
-    best, spent = math.inf, 0.0
-    for _ in range(PROBE_REPEATS):
-        t = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         a @ b
-        took = time.perf_counter() - t
-        best, spent = min(best, took), spent + took
-        if spent > PROBE_SECONDS:
-            break
+        best, spent = math.inf, 0.0
+        for _ in range(PROBE_REPEATS):
+            t = time.perf_counter()
+            a @ b
+            took = time.perf_counter() - t
+            best, spent = min(best, took), spent + took
+            if spent > PROBE_SECONDS:
+                break
+    finally:
+        torch.set_num_threads(threads)
     return max(best, 1e-9)
 
 

@@ -37,6 +37,7 @@ from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
+ARMS = {"baseline": "[]", "levers": "[rope,rmsnorm,qk_norm,swiglu]", "muon": "[muon]"}  # the levers step's sweep
 
 
 @dataclass
@@ -96,10 +97,10 @@ def logged_rates(run: Path) -> dict[str, float]:
     the run, after compilation and warm-up."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    logs = run / "tensorboard"
-    if not logs.is_dir():
+    logs = sorted({p.parent for p in run.glob("tensorboard/**/events.out.tfevents.*")})  # <run>/tensorboard/<name>
+    if not logs:
         return {}
-    events = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(logs[0]), size_guidance={"scalars": 0})
     events.Reload()
     figures = {}
     for tag, name, scale in (("perf/tokens_per_s", "tokens/s", 1.0), ("perf/mfu", "MFU %", 100.0)):
@@ -124,16 +125,14 @@ def read_generate(out: str, _: Path) -> dict[str, float]:
 
 
 def read_levers(out: str, work: Path) -> dict[str, float]:
-    """Each arm's logged tokens/s, and against the first arm's (the GPT-2 baseline)."""
+    """Each arm's logged tokens/s, and against the baseline's (job i of the sweep is the i-th of ARMS)."""
     figures: dict[str, float] = {}
-    jobs = sorted((p for p in (work / "levers").glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name))
-    for job in jobs:
-        rate = logged_rates(job).get("tokens/s")
-        if rate is None:
-            continue
-        figures[f"arm {job.name} tokens/s"] = rate
-        if job.name != "0" and figures.get("arm 0 tokens/s"):
-            figures[f"arm {job.name}/baseline"] = rate / figures["arm 0 tokens/s"]
+    for i, arm in enumerate(ARMS):
+        rate = logged_rates(work / "levers" / str(i)).get("tokens/s")
+        if rate is not None:
+            figures[f"{arm} tokens/s"] = rate
+            if i and figures.get("baseline tokens/s"):
+                figures[f"{arm}/baseline"] = rate / figures["baseline tokens/s"]
     return figures
 
 
@@ -179,7 +178,7 @@ def steps(mode: str, work: Path) -> list[Step]:
                 ["--shapes", "gpt2", "--dtype", "bfloat16", "--repeats", "2" if quick else "3"]),
              120 if dry else 240, read_generate, {"batch 1 tokens/s": (">=", 2000.0)}),
         Step("generate-static", "the same, gptlab's compiled step vs Hugging Face's static cache",
-             [py, str(SCRIPTS / "bench_generate.py"), *device, "--compile"]
+             [py, str(SCRIPTS / "bench_generate.py"), *device, *([] if dry else ["--compile"])]  # CPU: no compiling
              + (["--shapes", "small", "--new-tokens", "8", "--repeats", "1", "--dtype", "float32"] if dry else
                 ["--shapes", "gpt2", "--dtype", "bfloat16", "--repeats", "2" if quick else "3"]),
              180 if dry else 300, read_generate,
@@ -192,7 +191,7 @@ def steps(mode: str, work: Path) -> list[Step]:
         Step("levers", "tokens/s of the levers and of Muon against the baseline, through the CLI (a sweep)",
              [py, "-m", "gptlab.train", "-m", *(tiny_train if dry else gpu_train[:-1]),
               "trainer.max_steps=12" if dry else "trainer.max_steps=150", *quiet,
-              "lever=[],[rope,rmsnorm,qk_norm,swiglu],[muon]", f"hydra.sweep.dir={levers_dir}"],
+              f"lever={','.join(ARMS.values())}", f"hydra.sweep.dir={levers_dir}"],
              240 if dry else 360, read_levers),
         Step("eval", "the LM Evaluation Harness adapter vs the harness's hf model",
              [py, str(SCRIPTS / "bench_eval.py"), *device]

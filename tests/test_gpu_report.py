@@ -23,7 +23,7 @@ def test_the_dry_run_runs_every_step_and_writes_one_report(tmp_path, cache_dir):
     # the figures each step exists for were found in its output
     for step, figures in {"tests": ["skipped"], "train": ["plain tokens/s", "lightning MFU %", "lightning/plain"],
                           "cli": ["tokens/s", "MFU %"], "generate": ["batch 1 tokens/s", "batch 8 gptlab/hf"],
-                          "levers": ["arm 2/baseline"], "eval": ["gptlab/hf"],
+                          "levers": ["levers/baseline", "muon/baseline"], "eval": ["gptlab/hf"],
                           "serve": ["errors 0", "batched/single"]}.items():
         for figure in figures:
             assert figure in rows[step], (step, figure, rows[step])

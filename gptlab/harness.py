@@ -19,6 +19,7 @@ A chat model's prompts can go through its chat template (`apply_chat_template`).
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -210,14 +211,21 @@ class GptlabLM(TemplateLM):
                 "model_dtype": str(next(self.model.parameters()).dtype)}
 
 
+@functools.lru_cache(maxsize=4)
+def _indexed(include_path: Optional[str]) -> Any:
+    """The harness's index of its thousands of task YAMLs (and include_path's): ~10 s to build, so built once a
+    process for each folder (a run scoring a task at every validation, the tests)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
+
+
 def task_manager(names: list[str], include_path: Optional[str] = None) -> Any:
     """The harness's TaskManager for these task names (local ones from include_path's YAMLs), each checked to
     exist: a user's mistake is one line."""
-    from lm_eval.tasks import TaskManager
-
     if include_path and not Path(include_path).expanduser().is_dir():
         raise GptlabError(f"include_path={include_path} is not a folder: give the folder of your task YAMLs")
-    manager = TaskManager(include_path=str(Path(include_path).expanduser()) if include_path else None)
+    manager = _indexed(str(Path(include_path).expanduser().resolve()) if include_path else None)
     unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
         raise GptlabError(f"no task named {', '.join(unknown)} in the harness"

@@ -160,7 +160,8 @@ def steps(mode: str, work: Path) -> list[Step]:
     quiet = ["trainer.val_check_interval=100000", "trainer.limit_val_batches=2", "sample_tokens=0",
              "~callbacks.text_samples", "trainer.log_every_n_steps=10", "checkpoint_every=null"]
     out = [
-        Step("tests", "pytest -m gpu", [py, "-m", "pytest", "-m", "gpu", "-q", "-n", "0", "-p", "no:cacheprovider"],
+        Step("tests", "pytest -m gpu", [py, "-m", "pytest", "-m", "gpu", "-q", "-n", "0", "-p", "no:cacheprovider",
+                                         *(["tests/test_gpu.py"] if dry else [])],  # dry: one file to collect
              60 if dry else 240, read_pytest),
         Step("train", "GPT-2 124M shape: Lightning path vs plain loop (bf16, compile, fused AdamW)",
              [py, str(SCRIPTS / "bench_train.py"), *device]

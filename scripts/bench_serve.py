@@ -156,6 +156,10 @@ def main() -> None:
                   f"dtype {args.dtype or 'float32'}; {args.max_tokens} new tokens per request", flush=True)
             run_clients(url, 1, 2, args.max_tokens, server.pid)  # warm-up
             single, single_s, _ = run_clients(url, 1, args.single, args.max_tokens, server.pid)
+            if not single.ttft:
+                print("\n".join(f"  {e}" for e in single.errors[:5]))
+                print(f"errors: {len(single.errors)}\nbatched/single tokens/s: n/a (every lone request failed)")
+                sys.exit(1)
             single_rate = single.tokens / single_s
             print(f"one client alone: {args.single} requests, {single.tokens} tokens in {single_s:.1f} s = "
                   f"{single_rate:,.0f} tokens/s; time to first token p50 "
@@ -165,7 +169,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     rate = many.tokens / many_s
-    ttft = sorted(many.ttft) or [float("nan")]
+    ttft = sorted(many.ttft) or [float("nan")]  # none: every request failed (the errors say why)
     p99 = ttft[min(len(ttft) - 1, round(0.99 * (len(ttft) - 1)))]
     print(f"{args.clients} clients: {args.requests} requests, {many.tokens} tokens in {many_s:.1f} s = "
           f"{rate:,.0f} tokens/s; time to first token p50 {statistics.median(ttft) * 1e3:.0f} ms, "

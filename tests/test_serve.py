@@ -226,6 +226,9 @@ BAD = [  # (body, status, the field the error names)
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]},
      400, "stop"),
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 400, "stop"),
+    ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "stop": "x" * 129}, 400, "stop"),
+    ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3,
+      "max_tokens": "abc"}, 400, "max_tokens"),
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "stream_options": {"x": 1}}, 400,
      "stream_options"),
@@ -315,6 +318,14 @@ def test_a_full_queue_answers_429_and_a_client_that_leaves_frees_its_row(keyed_s
     assert keyed_server.health()["in_flight"] == 0
     assert any(" 499 " in ln and "client gone" in ln for ln in keyed_server.lines())
     assert not any("Traceback" in ln for ln in keyed_server.lines())
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node to check the page's script with")
+def test_the_page_script_parses(tmp_path):
+    page = (REPO / "gptlab/serving/page.html").read_text()
+    (tmp_path / "page.js").write_text(page.split("<script>")[1].split("</script>")[0])
+    p = subprocess.run(["node", "--check", str(tmp_path / "page.js")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
 
 
 def test_the_page_is_self_contained_and_served_without_a_key(keyed_server):

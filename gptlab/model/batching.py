@@ -92,28 +92,43 @@ class ContinuousBatcher:
                 n = prompt.size(1)
                 logits = self.model(prompt, input_pos=torch.arange(n, device=self.device),
                                     rows=torch.tensor([r], device=self.device))[0][:, -1]
-                self._take(r, req, logits, n)
+                token = self._sample(req, logits)
+                self._next[r] = token[0]
+                self._at[r, 0] = n
+                self._record(req, int(token))
                 advanced.append(req)
         active = [r for r, req in enumerate(self.slots) if req is not None and not req.finished]
+        if not active:
+            self._retire()
+            return advanced
         if len(active) == len(self.slots):  # every row, each at its own slot
+            which = None
             logits = self.model(self._next, input_pos=self._at.clone())[0][:, -1]
-        elif active:  # only the busy rows: one request alone costs what it costs unbatched
+        else:  # only the busy rows: one request alone costs what it costs unbatched
             which = torch.tensor(active, device=self.device)
             logits = self.model(self._next[which], input_pos=self._at[which], rows=which)[0][:, -1]
-        for i, r in enumerate(active):
-            req = self.slots[r]
-            self._take(r, req, logits[i:i + 1], int(self._at[r, 0]) + 1)  # type: ignore[arg-type]
-            advanced.append(req)  # type: ignore[arg-type]
+        tokens = torch.cat([self._sample(self.slots[r], logits[i:i + 1])  # type: ignore[arg-type]
+                            for i, r in enumerate(active)])  # (A, 1), each with its request's own settings
+        if which is None:
+            self._next.copy_(tokens)
+            self._at += 1
+        else:
+            self._next[which], self._at[which] = tokens, self._at[which] + 1
+        for r, value in zip(active, tokens.view(-1).tolist()):  # one read from the device for all the rows
+            self._record(self.slots[r], value)  # type: ignore[arg-type]
+            advanced.append(self.slots[r])  # type: ignore[arg-type]
         self._retire()
         return advanced
 
-    def _take(self, row: int, req: Request, logits: torch.Tensor, at: int) -> None:
-        """Sample the request's next token from its logits (1, vocab), with its own settings and generator."""
+    def _sample(self, req: Request, logits: torch.Tensor) -> torch.Tensor:
+        """The request's next token (1, 1) from its logits (1, vocab), with its own settings and generator."""
         vocab = logits[:, :self.vocab_size] if self.vocab_size else logits
-        token = sample_next(vocab, req.temperature, req.top_k, req.top_p, self._generators[id(req)])
-        req.tokens.append(int(token))
-        self._next[row, 0], self._at[row, 0] = token[0, 0], at
-        if len(req.tokens) >= req.max_new_tokens or (req.stop_token is not None and req.tokens[-1] == req.stop_token):
+        return sample_next(vocab, req.temperature, req.top_k, req.top_p, self._generators[id(req)])
+
+    @staticmethod
+    def _record(req: Request, token: int) -> None:
+        req.tokens.append(token)
+        if len(req.tokens) >= req.max_new_tokens or (req.stop_token is not None and token == req.stop_token):
             req.finished = True
 
     def _retire(self) -> None:

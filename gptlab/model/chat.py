@@ -18,17 +18,20 @@ def fit(tokenizer: Tokenizer, messages: Sequence[Message], room: int) -> tuple[l
     """The prompt for the next answer (ids ending in `<|assistant|>`), at most `room` tokens if dropping the
     oldest turns can make it so; system messages are kept. Returns the ids and how many messages were left out.
     A single message longer than the room is kept whole: generation then sees only its last tokens."""
-    kept, dropped = list(messages), 0
-    while True:
-        ids, _ = render(tokenizer, kept, reply=True)
-        older = [i for i, m in enumerate(kept[:-1]) if m["role"] != "system"]
-        if len(ids) <= room or not older:
-            return ids, dropped
+    sizes = [len(render(tokenizer, [m])[0]) for m in messages]  # each message encoded once, however many go
+    total, last = sum(sizes) + 1, len(messages) - 1  # + 1: the open <|assistant|> marker
+    gone, start = [False] * len(messages), 0  # before `start`, only system messages may remain
+    while total > room:
+        first = next((i for i in range(start, last) if messages[i]["role"] != "system"), None)
+        if first is None:
+            break
         # the oldest turn goes: its user message and the answers up to the next user message
-        first = older[0]
-        end = next((i for i in range(first + 1, len(kept) - 1) if kept[i]["role"] == "user"), len(kept) - 1)
-        dropped += end - first
-        del kept[first:end]
+        end = next((i for i in range(first + 1, last) if messages[i]["role"] == "user"), last)
+        total -= sum(sizes[first:end])
+        gone[first:end] = [True] * (end - first)
+        start = end
+    ids, _ = render(tokenizer, [m for m, g in zip(messages, gone) if not g], reply=True)
+    return ids, sum(gone)
 
 
 def room(model: GPT, sampling: SamplingConfig) -> int:

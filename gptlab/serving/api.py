@@ -21,7 +21,7 @@ from gptlab.model.sampling import prompt_ids
 from gptlab.tokenizers import Tokenizer
 from gptlab.tokenizers.chat import Message, end_id, has_template
 
-MAX_STOPS = 4  # as OpenAI
+MAX_STOPS, MAX_STOP_CHARS = 4, 128  # as OpenAI; a longer stop string is refused (each token is checked against it)
 # OpenAI settings gptlab has no use for, accepted at the value that means "off"; any other value is refused
 NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None), "echo": (False,),
            "best_of": (1,), "suffix": (None,), "logit_bias": (None,), "user": None, "stream_options": None}
@@ -71,9 +71,11 @@ class Plan:
     include_usage: bool
     dropped: int = 0  # the oldest messages left out so the conversation fits the context
     id: str = ""
+    created: int = 0  # one time for the whole answer, every chunk of it too
 
     def __post_init__(self) -> None:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
 
 
 def loads(raw: bytes) -> dict:
@@ -178,8 +180,9 @@ def stops(body: dict) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
         raise ApiError(400, f"stop must be a string or a list of strings, got {_shown(value)}", "stop")
-    if len(items) > MAX_STOPS or not all(items):
-        raise ApiError(400, f"stop takes at most {MAX_STOPS} non-empty strings, got {_shown(value)}", "stop")
+    if len(items) > MAX_STOPS or not all(0 < len(s) <= MAX_STOP_CHARS for s in items):
+        raise ApiError(400, f"stop takes at most {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} "
+                            f"characters, got {_shown(value)}", "stop")
     return items
 
 
@@ -230,8 +233,8 @@ def chat_plan(served: Served, body: dict) -> Plan:
         raise ApiError(400, f"{served.name} is a text model, not fine-tuned on conversations (its tokenizer has no "
                             "chat markers): use POST /v1/completions", "model")
     conversation = messages(served, body)
-    asked = max_tokens(served, body, "max_completion_tokens")
-    asked = max_tokens(served, body, "max_tokens") if asked is None else asked
+    newer, older = max_tokens(served, body, "max_completion_tokens"), max_tokens(served, body, "max_tokens")
+    asked = older if newer is None else newer  # OpenAI's newer name wins
     block = served.block_size
     reserve = asked if asked is not None else min(served.max_tokens, block // 4)
     ids, dropped = fit(served.tokenizer, conversation, max(1, block - reserve))  # the oldest turns go first
@@ -312,7 +315,8 @@ class Answer:
 
     def _held(self) -> int:
         """The longest tail of the text that a stop string starts with."""
-        return max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return max((k for s in self.stops for k in range(1, min(len(s), len(self.text) + 1))
+                    if self.text.endswith(s[:k])), default=0)
 
 
 def usage(plan: Plan, answers: list[Answer]) -> dict:
@@ -330,7 +334,7 @@ def response(served: Served, plan: Plan, answers: list[Answer]) -> dict:
         choices = [{"index": i, "text": a.text, "logprobs": None, "finish_reason": a.finish}
                    for i, a in enumerate(answers)]
     return {"id": plan.id, "object": "chat.completion" if plan.chat else "text_completion",
-            "created": int(time.time()), "model": served.name, "choices": choices, "usage": usage(plan, answers)}
+            "created": plan.created, "model": served.name, "choices": choices, "usage": usage(plan, answers)}
 
 
 def chunk(served: Served, plan: Plan, index: Optional[int], piece: Optional[str], finish: Optional[str],
@@ -346,7 +350,7 @@ def chunk(served: Served, plan: Plan, index: Optional[int], piece: Optional[str]
     else:
         choices = [{"index": index, "text": piece or "", "logprobs": None, "finish_reason": finish}]
     out = {"id": plan.id, "object": "chat.completion.chunk" if plan.chat else "text_completion",
-           "created": int(time.time()), "model": served.name, "choices": choices}
+           "created": plan.created, "model": served.name, "choices": choices}
     if usage_of is not None:
         out["usage"] = usage(plan, usage_of)
     elif plan.include_usage:

@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,6 +69,21 @@ class Generation:
             self.engine.cancel(self.jobs)
 
 
+class Stream(StreamingResponse):
+    """A streamed answer whose choices are cancelled however the response ends: sent whole, failed, or its
+    client gone before the first event was even sent."""
+
+    def __init__(self, generation: Generation, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.generation.engine.cancel(self.generation.jobs)
+
+
 def sse(data: Any) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
@@ -97,9 +113,10 @@ class Server:
         return HTMLResponse(self.page, headers={"Cache-Control": "no-store"})
 
     async def health(self, request: HttpRequest) -> Response:
-        e = self.engine
-        return JSONResponse({"status": "ok", "model": self.served.name, "in_flight": e.in_flight,
-                             "capacity": e.capacity, "rows": e.rows, "served": e.served, "tokens": e.tokens})
+        e = self.engine  # served: requests run to their end; tokens: generated, since the start
+        return JSONResponse({"status": "ok" if e.alive else "failed", "model": self.served.name,
+                             "in_flight": e.in_flight, "capacity": e.capacity, "rows": e.rows, "served": e.served,
+                             "tokens": e.tokens}, status_code=200 if e.alive else 503)
 
     def card(self) -> dict:
         return {"id": self.served.name, "object": "model", "created": self.served.created, "owned_by": "gptlab",
@@ -117,12 +134,14 @@ class Server:
         return JSONResponse(self.card())
 
     async def chat(self, request: HttpRequest) -> Response:
-        self.authorize(request)
-        return await self.generate(request, chat_plan(self.served, loads(await self.body(request))))
+        self.authorize(request)  # checking and encoding a long conversation happens off the event loop
+        return await self.generate(request, await run_in_threadpool(chat_plan, self.served,
+                                                                    loads(await self.body(request))))
 
     async def completions(self, request: HttpRequest) -> Response:
         self.authorize(request)
-        return await self.generate(request, completion_plan(self.served, loads(await self.body(request))))
+        return await self.generate(request, await run_in_threadpool(completion_plan, self.served,
+                                                                    loads(await self.body(request))))
 
     # --- the work ---
 
@@ -131,8 +150,8 @@ class Server:
         request.state.usage = generation
         headers = {"X-Gptlab-Dropped-Messages": str(plan.dropped)} if plan.dropped else {}
         if plan.stream:
-            return StreamingResponse(self.stream(generation), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
+            return Stream(generation, self.stream(generation),
+                          {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
         pieces = generation.pieces()
         drain = asyncio.ensure_future(self.drain(pieces))
         while not drain.done():

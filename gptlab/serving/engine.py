@@ -9,6 +9,7 @@ of clients gets a quick "try again" instead of an ever longer wait.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -79,6 +80,10 @@ class Engine:
             self._wake.notify()
         self._thread.join()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         while True:
             with self._wake:
@@ -87,36 +92,41 @@ class Engine:
                 if self._closed:
                     return
                 adds, self._adds, cancels, self._cancels = self._adds, [], self._cancels, []
-            for job in adds:
-                self._jobs[id(job.request)] = job
-                self.batcher.add(job.request)  # the server checked that prompt and max_tokens fit the context
-            for job in cancels:
-                if not job.done:
-                    self.batcher.cancel(job.request)
-                    self._finish(job)
-            if self.batcher.busy:
-                self._step()
+            try:
+                for job in adds:
+                    self._jobs[id(job.request)] = job
+                for job in adds:
+                    self.batcher.add(job.request)  # the server checked that prompt and max_tokens fit the context
+                for job in cancels:
+                    if not job.done:
+                        self.batcher.cancel(job.request)
+                        self._finish(job)
+                if self.batcher.busy:
+                    self._step()
+            except Exception as e:  # out of memory, a device error: the requests in flight end with it, and the
+                log.exception("the engine failed a step")  # engine goes on serving the next ones
+                self._fail_all(e)
 
     def _step(self) -> None:
-        try:
-            advanced = self.batcher.step()
-        except Exception as e:  # out of memory, say: the requests in the batch end with the error, the server goes on
-            log.exception("a decoding step failed")
-            for job in list(self._jobs.values()):
-                self.batcher.cancel(job.request)
-                job.deliver(job, [], True, e)
-                self._finish(job)
-            return
+        advanced = self.batcher.step()
         for request in advanced:
             job = self._jobs.get(id(request))
             if job is None:
                 continue
             new, job.sent = request.tokens[job.sent:], len(request.tokens)
             self.tokens += len(new)
-            job.deliver(job, new, request.finished, None)
-            if request.finished:
+            if request.finished:  # run to its end: a stop token or max_tokens (a stop string's cut is a cancel)
                 self.served += 1
                 self._finish(job)
+            job.deliver(job, new, request.finished, None)
+
+    def _fail_all(self, error: Exception) -> None:
+        for job in list(self._jobs.values()):
+            with contextlib.suppress(Exception):
+                self.batcher.cancel(job.request)
+            self._finish(job)
+            with contextlib.suppress(Exception):  # the event loop may be gone (the server stopping)
+                job.deliver(job, [], True, error)
 
     def _finish(self, job: Job) -> None:
         job.done = True

@@ -372,13 +372,22 @@ def test_the_page_in_headless_chromium_streams_an_answer(chat_server):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the page test drives Chromium with playwright")
     expected = expected_answer(chat_server.ckpt, [{"role": "user", "content": "What is 2 + 3?"}], 12)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium())
+        browser = p.chromium.launch(executable_path=chromium(), args=[  # nothing reaches out to the network
+            "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
         page = browser.new_page()
         page.goto(chat_server.url)
-        page.keyboard.press("Tab")  # the settings, then the message box: all by keyboard
-        page.fill("#temperature", "0")
-        page.fill("#max_tokens", "12")
-        page.focus("#input")
+        assert page.evaluate("document.activeElement.id") == "input"  # ready to type
+        page.focus("#settings summary")
+        page.keyboard.press("Enter")  # the settings open
+        page.focus("#temperature")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("0")
+        page.keyboard.press("Tab")
+        page.keyboard.type("12")  # max tokens
+        page.keyboard.press("Tab")  # the API key
+        page.keyboard.press("Tab")  # the message box
+        assert page.evaluate("document.activeElement.id") == "input"
         page.keyboard.type("What is 2 + 3?")
         page.keyboard.press("Enter")
         page.wait_for_function("document.querySelector('#stop').disabled === true && "

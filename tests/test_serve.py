@@ -86,10 +86,12 @@ def chat_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
-    """A text model with a long context, one row and no queue, behind an API key from the environment."""
+    """A text model with a long context, one row and no queue, on every interface, behind an API key from the
+    environment."""
     tmp = tmp_path_factory.mktemp("serve-keyed")
     ckpt = lively_checkpoint(tmp / "writer.ckpt", chat=False, block_size=1024, n_layer=4, n_embd=128)
-    server = Running(tmp, f"ckpt_path={ckpt}", "batch_size=1", "max_queue=0", env={"GPTLAB_API_KEY": KEY})
+    server = Running(tmp, f"ckpt_path={ckpt}", "batch_size=1", "max_queue=0", "host=0.0.0.0",
+                     env={"GPTLAB_API_KEY": KEY})
     yield server
     server.stop()
 
@@ -277,6 +279,7 @@ def test_bad_completions_and_routes_and_the_server_is_unharmed(chat_server):
 
 
 def test_the_api_key_is_required_when_set(keyed_server):
+    assert any("listening on every interface" in line for line in keyed_server.lines())  # host=0.0.0.0 says so
     with pytest.raises(openai.AuthenticationError):
         client(keyed_server, "wrong").models.list()
     assert httpx.get(f"{keyed_server.url}/v1/models").status_code == 401

@@ -85,6 +85,12 @@ class TrainConfig:
     FIXED_ON_RESUME: ClassVar[tuple[str, ...]] = ("tokenizer", "init_from")
 
 
+def check_dtype(dtype: Optional[str]) -> None:
+    """An inference dtype= setting: None (the checkpoint's), auto, or one of checkpoint.DTYPES."""
+    if dtype not in (None, "auto", *DTYPES):
+        raise ValueError(f"dtype={dtype} is not one of auto, {', '.join(DTYPES)}")
+
+
 @dataclass
 class InferenceConfig(SamplingConfig):
     """What the entry points that run a checkpoint token by token (generate, chat) share."""
@@ -98,8 +104,7 @@ class InferenceConfig(SamplingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.dtype not in (None, "auto", *DTYPES):
-            raise ValueError(f"dtype={self.dtype} is not one of auto, {', '.join(DTYPES)}")
+        check_dtype(self.dtype)
 
 
 @dataclass
@@ -141,8 +146,7 @@ class ServeConfig:
     max_request_bytes: int = 1_048_576  # a larger request body is refused (413) before it is read
 
     def __post_init__(self) -> None:
-        if self.dtype not in (None, "auto", *DTYPES):
-            raise ValueError(f"dtype={self.dtype} is not one of auto, {', '.join(DTYPES)}")
+        check_dtype(self.dtype)
         for key in ("batch_size", "max_request_bytes"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")

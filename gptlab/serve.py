@@ -16,6 +16,7 @@ from gptlab import checkpoint, cli
 from gptlab.config import ServeConfig, register_configs, to_spec
 from gptlab.devices import inference_dtype, pick_device
 from gptlab.errors import GptlabError
+from gptlab.rundir import RunDir
 
 register_configs()
 KEY_ENV = "GPTLAB_API_KEY"
@@ -23,11 +24,12 @@ EVERYWHERE = ("0.0.0.0", "::", "")
 
 
 def model_name(ckpt_path: str) -> str:
-    """The run folder's name (outputs/sft -> sft; outputs/sft/checkpoints/best.ckpt -> sft), or GPT-2's."""
-    p = Path(ckpt_path)
-    if p.suffix == ".ckpt":
-        return p.parent.parent.name if p.parent.name == "checkpoints" and p.parent.parent.name else p.stem
-    return p.resolve().name if p.exists() else str(ckpt_path).rstrip("/").split("/")[-1]
+    """The run folder's name (outputs/sft, or outputs/sft/checkpoints/best.ckpt -> sft); else the checkpoint
+    file's stem, or the folder's or GPT-2's name."""
+    p, run = Path(ckpt_path).expanduser(), RunDir.of(ckpt_path)
+    if run.is_run():
+        return run.path.resolve().name
+    return p.stem if p.suffix == ".ckpt" else p.resolve().name if p.exists() else p.name
 
 
 def bind(host: str, port: int) -> socket.socket:

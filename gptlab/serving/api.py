@@ -306,7 +306,8 @@ class Answer:
         if finished or self.finish:
             self.text += self.decoder.flush()
             self.finish = self.finish or "length"
-        cut = min((i for i in (self.text.find(s) for s in self.stops) if i >= 0), default=-1)
+        start = max(0, self.sent - MAX_STOP_CHARS)  # a stop string ends in the new text: search no further back
+        cut = min((i for i in (self.text.find(s, start) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             self.text, self.finish = self.text[:cut], "stop"
         end = len(self.text) if self.finish else len(self.text) - self._held()

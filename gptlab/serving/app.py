@@ -96,16 +96,14 @@ class Server:
         self.engine, self.served, self.api_key, self.max_request_bytes = engine, served, api_key, max_request_bytes
         self.page = resources.files("gptlab.serving").joinpath("page.html").read_text(encoding="utf-8")
 
-    def app(self) -> Starlette:
+    def asgi(self) -> ASGIApp:
+        """The application: the routes, their error handlers, and a log line per request around them."""
         routes = [Route("/", self.index), Route("/health", self.health),
                   Route("/v1/models", self.models), Route("/v1/models/{name:path}", self.model),
                   Route("/v1/chat/completions", self.chat, methods=["POST"]),
                   Route("/v1/completions", self.completions, methods=["POST"])]
         handlers: dict[Any, Any] = {ApiError: self.error, HTTPException: self.http_error, Exception: self.crash}
-        return Starlette(routes=routes, exception_handlers=handlers)
-
-    def asgi(self) -> ASGIApp:
-        return RequestLog(self.app())
+        return RequestLog(Starlette(routes=routes, exception_handlers=handlers))
 
     # --- routes ---
 

@@ -93,7 +93,8 @@ def check_dtype(dtype: Optional[str]) -> None:
 
 @dataclass
 class InferenceConfig(SamplingConfig):
-    """What the entry points that run a checkpoint token by token (generate, chat) share."""
+    """What the entry points that run a checkpoint token by token (generate, chat) share: the sampling defaults
+    too, one set for both (a chat's answer ends at <|end|>, long before max_new_tokens)."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     seed: int = SEED  # the same seed, settings and input give the same output
@@ -126,7 +127,6 @@ class ChatConfig(InferenceConfig):
     """python -m gptlab.chat: talk to a model fine-tuned on conversations."""
 
     system: Optional[str] = None  # a system message that opens the conversation, taken as typed
-    max_new_tokens: int = 256  # the longest answer, in tokens
 
 
 @dataclass
@@ -144,6 +144,9 @@ class ServeConfig:
     max_queue: int = 64  # requests that may wait for a row; past that the server answers 429 (try again)
     max_tokens: Optional[int] = None  # the most new tokens one request may ask for; None: the context's size
     max_request_bytes: int = 1_048_576  # a larger request body is refused (413) before it is read
+    # torch.compile the one-token step (CUDA graphs on a GPU), once for each power of two of busy rows: each of
+    # those compiles when first needed, which holds up the requests of that moment (tens of seconds)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         check_dtype(self.dtype)

@@ -104,7 +104,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     """Conversations: the loss on the answer tokens (as the run's validation computes it) and the exact-match
     accuracy of greedy answers, every assistant turn answered from the conversation before it."""
     from gptlab.data import chat
-    from gptlab.model.chat import fit, greedy_answers
+    from gptlab.model.chat import fit, greedy_answers, room
     from gptlab.tokenizers.chat import has_template
 
     tok, model = loaded.tokenizer, loaded.model
@@ -128,7 +128,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
         for k, m in enumerate(c.messages):
             if m["role"] == "assistant" and k > 0:
                 budget = len(tok.encode(m["content"])) + 1  # the answer, then <|end|>: a longer one is wrong
-                ids, _ = fit(tok, c.messages[:k], max(1, block - budget))  # the oldest turns go if it must be
+                ids, _ = fit(tok, c.messages[:k], room(block, budget))  # the oldest turns go, as in a chat
                 questions.append(ids)
                 gold.append(m["content"])
                 budgets.append(budget)
@@ -136,7 +136,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     model.to(device)
     with tqdm(total=len(questions), desc="answers", unit="answer", disable=None, leave=False) as bar:
         answers = greedy_answers(model, tok, questions, budgets, batch_size=cfg.data.batch_size or 64,
-                                 on_batch=bar.update)
+                                 on_done=bar.update)
     right = [a == g for a, g in zip(answers, gold)]
     all_right = {n: True for n in owner}
     for n, ok in zip(owner, right):

@@ -11,9 +11,8 @@ scores equal those of the folder `gptlab export` writes (tests/test_harness.py c
   longest first, one forward pass per batch; a context longer than the model's window loses its oldest tokens.
 - loglikelihood_rolling(text): the whole text's log-probability in windows of block_size, each token predicted
   once with as much context as the window holds (the harness's own windowing), for perplexity tasks.
-- generate_until(context, {until, max_gen_toks, ...}): gptlab's KV-cache generation, a batch of prompts
-  left-padded to one length (each row its own positions), stopping when every row has written a stop sequence or
-  the end-of-text token.
+- generate_until(context, {until, max_gen_toks, ...}): the decoding engine (model/engine.py), batch_size requests
+  at a time, each ending at its first stop sequence (found as its text grows) or the end-of-text token.
 A chat model's prompts can go through its chat template (`apply_chat_template`).
 """
 
@@ -35,8 +34,8 @@ from tqdm.auto import tqdm
 from gptlab import checkpoint
 from gptlab.devices import inference_dtype, pick_device
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, generate
-from gptlab.model.sampling import eval_mode
+from gptlab.model import GPT, Engine, Request
+from gptlab.model.engine import inference
 from gptlab.tokenizers import Tokenizer
 from gptlab.tokenizers.chat import END, has_template, render
 
@@ -114,7 +113,7 @@ class GptlabLM(TemplateLM):
     def _loglikelihood_tokens(self, requests: list[tuple[Any, list[int], list[int]]],
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """(key, context ids, continuation ids) -> (log-probability of the continuation, greedy or not)."""
-        with eval_mode(self.model):
+        with inference(self.model):
             return self._score(requests, disable_tqdm)
 
     @torch.no_grad()
@@ -156,55 +155,24 @@ class GptlabLM(TemplateLM):
             totals[n] += logp
         return totals
 
-    @torch.no_grad()
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Continuations, requests of the same settings batched together, longest prompt first, the shorter ones
-        left-padded (each row its own positions)."""
+        """Continuations, up to batch_size decoded at once, each request taking a row as one frees."""
         eos = None if self.eot_token_id < 0 else self.tok.decode([self.eot_token_id])
-        groups: dict[tuple, list[int]] = {}
-        prompts = []
-        for i, (context, gen_kwargs) in enumerate(req.args for req in requests):
+        stop = None if self.eot_token_id < 0 else self.eot_token_id
+        jobs = []
+        for context, gen_kwargs in (req.args for req in requests):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             budget = min(kwargs.pop("max_gen_toks"), self.max_length - 1)
-            prompts.append(self.tok_encode(context)[-(self.max_length - budget):] or [self.prefix_token_id])
-            key = (budget, tuple(until), float(kwargs.get("temperature") or 0.0))
-            groups.setdefault(key, []).append(i)
-        out = [""] * len(requests)
-        with tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm or None, leave=False) as bar:
-            for (budget, until, temperature), members in groups.items():
-                members.sort(key=lambda i: -len(prompts[i]))
-                for start in range(0, len(members), self.batch_size):
-                    which = members[start:start + self.batch_size]
-                    texts = self._generate([prompts[i] for i in which], budget, list(until), temperature)
-                    for i, text in zip(which, texts):
-                        out[i] = postprocess_generated_text(text, list(until), None)
-                    bar.update(len(which))
-        return out
-
-    def _generate(self, prompts: list[list[int]], budget: int, until: list[str], temperature: float) -> list[str]:
-        """One batch of prompts, left-padded to the longest: up to `budget` new tokens each, stopping once every
-        row has written one of `until` (checked on the decoded text as it grows) or the end-of-text token."""
-        width = max(map(len, prompts))
-        idx = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=self._device)
-        row_start = torch.tensor([width - len(p) for p in prompts], device=self._device)
-        rows: list[list[int]] = [[] for _ in prompts]
-        finished = [False] * len(prompts)
-        stop = None if self.eot_token_id < 0 else self.eot_token_id
-
-        def done(nxt: torch.Tensor) -> bool:
-            for b, token in enumerate(nxt[:, 0].tolist()):
-                if not finished[b]:
-                    rows[b].append(token)
-                    finished[b] = token == stop or any(u and u in self.tok_decode(rows[b]) for u in until)
-            return all(finished)
-
-        gen = torch.Generator(device=self._device).manual_seed(1234)
-        out = generate(self.model, idx, budget, temperature=temperature, top_k=None, generator=gen, stop_token=stop,
-                       vocab_size=self.tok.vocab_size, on_token=done,
-                       row_start=row_start if max(row_start.tolist()) > 0 else None)  # None: no padding at all
-        return [self.tok_decode(row[:row.index(stop)] if stop is not None and stop in row else row)
-                for row in out[:, width:].tolist()]
+            prompt = self.tok_encode(context)[-(self.max_length - budget):] or [self.prefix_token_id]  # as hf does
+            jobs.append(Request(prompt, budget, float(kwargs.get("temperature") or 0.0), stop_token=stop,
+                                stop=[u for u in until if u], seed=1234))
+        engine = Engine(self.model, min(self.batch_size, max(1, len(jobs))), self.tok)
+        with tqdm(total=len(jobs), desc="generate_until", disable=disable_tqdm or None, leave=False) as bar:
+            engine.run(jobs, on_step=lambda advanced: bar.update(sum(r.finished for r in advanced)))
+        # the text as hf's model writes it: special tokens left out, cut at the first stop sequence
+        return [postprocess_generated_text(self.tok_decode(r.tokens[:-1] if r.tokens[-1] == stop else r.tokens),
+                                           list(r.stop), None) for r in jobs]
 
     def get_model_info(self) -> dict:
         return {"model_source": self.source, "model_num_parameters": sum(p.numel() for p in self.model.parameters()),

@@ -57,7 +57,7 @@ def run(node: DictConfig) -> None:
 
         from gptlab.serving.api import Served
         from gptlab.serving.app import Server
-        from gptlab.serving.engine import Engine
+        from gptlab.serving.worker import Worker
     except ImportError as e:
         raise GptlabError(f"gptlab serve needs the serve extra ({e.name} is missing): "
                           "pip install -e \".[serve]\"") from None
@@ -80,8 +80,8 @@ def run(node: DictConfig) -> None:
     log.setLevel(logging.INFO)
     log.propagate = False
 
-    engine = Engine(loaded.model, cfg.batch_size, cfg.max_queue, vocab_size=loaded.tokenizer.vocab_size)
-    app = Server(engine, served, api_key, cfg.max_request_bytes).asgi()
+    worker = Worker(loaded.model, loaded.tokenizer, cfg.batch_size, cfg.max_queue, cfg.compile)
+    app = Server(worker, served, api_key, cfg.max_request_bytes).asgi()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host or "0.0.0.0"
     url = f"http://{'127.0.0.1' if cfg.host in EVERYWHERE else shown}:{port}"
@@ -96,7 +96,7 @@ def run(node: DictConfig) -> None:
     try:
         server.run(sockets=[sock])
     finally:
-        engine.close()
+        worker.close()
 
 
 main = cli.entry(

@@ -33,8 +33,8 @@ from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBu
 from gptlab.lit.optim import orthogonalises
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops_on_signals
 from gptlab.lit.trainer import TrainerConfig, lightning_settings
-from gptlab.model import GPTConfig, SamplingConfig, complete
-from gptlab.model.chat import GREEDY, reply
+from gptlab.model import GREEDY, GPTConfig, SamplingConfig, complete
+from gptlab.model.chat import reply
 from gptlab.start import Start, run_config, start
 from gptlab.usage import train_help
 

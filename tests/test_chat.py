@@ -18,7 +18,8 @@ from gptlab.config import ChatConfig
 from gptlab.data import chat as chat_data
 from gptlab.data.sources import DataError
 from gptlab.model import GPT, GPTConfig, add_tokens
-from gptlab.model.chat import GREEDY, fit, reply
+from gptlab.model import GREEDY
+from gptlab.model.chat import fit, reply
 from gptlab.tokenizers import ByteLevelBPE, CharTokenizer, tokenizer_from_dict
 from gptlab.tokenizers.chat import END, MARKERS, SPECIALS, chat_tokenizer, parse, render
 from gptlab.train import train

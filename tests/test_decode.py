@@ -4,8 +4,13 @@ model's device."""
 import pytest
 import torch
 
-from gptlab.model import GPT, GPTConfig, generate
-from gptlab.model.sampling import decode_one
+from gptlab.model import GPT, GPTConfig, KVCache, generate
+from gptlab.model.engine import _caches, decode_one
+
+
+def cache_of(m: GPT, batch: int, max_len: int) -> KVCache:
+    c = m.config
+    return KVCache(c.n_layer, batch, c.kv_heads, max_len, c.head_size, torch.device("cpu"), torch.float32)
 
 
 def lively(**kw) -> GPT:
@@ -49,25 +54,23 @@ def test_decode_step_logits_equal_full_forward():
     m = lively()
     x = torch.randint(0, 50, (2, 12))
     full = m(x)[0]  # (2, 12, vocab)
-    m.setup_caches(2, 16)
-    logits = m(x[:, :4], input_pos=torch.arange(4))[0]
+    cache = cache_of(m, 2, 16)
+    logits = m(x[:, :4], cache=cache)[0]
     assert logits.shape == (2, 1, 50)  # with a cache only the last position's logits are computed
     assert torch.allclose(logits[:, 0], full[:, 3], atol=1e-5)
-    for t in range(4, 12):
-        logits = decode_one(m, x[:, t : t + 1], torch.tensor([t]))
+    for t in range(4, 12):  # the cache knows where each token goes: positions 4, 5, ...
+        logits = decode_one(m, x[:, t : t + 1], cache)
         assert torch.allclose(logits, full[:, t], atol=1e-5)
-    m.clear_caches()
-    with pytest.raises(ValueError, match="setup_caches"):
-        m(x, input_pos=torch.arange(12))
+    assert cache.length.tolist() == [12, 12]
 
 
-def test_sampling_and_model_generate_agree():
+def test_seeded_sampling_with_and_without_the_cache_agree():
     m = lively()
     prompt = torch.randint(0, 50, (2, 3))
-    a = m.generate(prompt, 30, temperature=0.9, top_k=10, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    a = generate(m, prompt, 30, 0.9, 10, 0.9, generator=torch.Generator().manual_seed(3))
     b = generate(m, prompt, 30, 0.9, 10, 0.9, generator=torch.Generator().manual_seed(3), use_cache=False)
     assert a.shape == (2, 33) and torch.equal(a, b)
-    assert not m.training and m.transformer.h[0].attn.kv_cache is not None  # caches kept for the next call
+    assert _caches[m].k.shape[1] == 2  # the cache kept for the next call of this shape (a compiled step reuses it)
 
 
 def test_caches_made_in_inference_mode_serve_outside_it():
@@ -121,19 +124,19 @@ def test_generation_stays_on_the_gpu():
         assert ref.device.type == "cuda"
         for compile in (False, True):  # True: decode_one as a CUDA graph (torch.compile's reduce-overhead)
             assert torch.equal(generate(m, prompt, 40, temperature=0, compile=compile), ref)
-        assert m.transformer.h[0].attn.kv_cache.k.device.type == "cuda"
+        assert _caches[m].k.device.type == "cuda"
         g = torch.Generator(device="cuda").manual_seed(0)
-        sampled = m.generate(prompt.cuda(), 20, temperature=1.0, top_k=5, top_p=0.9, generator=g, stop_token=3)
+        sampled = generate(m, prompt.cuda(), 20, temperature=1.0, top_k=5, top_p=0.9, generator=g, stop_token=3)
         assert sampled.device.type == "cuda" and sampled.size(1) <= 25
     finally:
         torch.set_float32_matmul_precision(precision)
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
-def test_requests_joining_and_leaving_shared_caches_each_get_their_own_answer(pos):
-    """Continuous batching at the model's level: each request's prompt is read into its own cache row (rows=) while
-    the others wait, then every row takes one token per step at its own position (input_pos (B, 1)); a row freed by
-    a finished request takes the next one. Each gets the greedy tokens it gets alone."""
+def test_rows_of_one_cache_fed_apart_each_see_their_own_sequence(pos):
+    """The cache's rows at the model's level: each request's prompt read into its own row (`cache.rows`) while the
+    others wait, then every row takes one token per step at its own position; a row freed by a finished request
+    is emptied for the next. Each gets the greedy tokens it gets alone."""
     m = lively(pos=pos, block_size=32)
     torch.manual_seed(3)
     prompts = [torch.randint(0, 50, (n,)).tolist() for n in (5, 9, 2, 7)]
@@ -142,20 +145,19 @@ def test_requests_joining_and_leaving_shared_caches_each_get_their_own_answer(po
     slots, waiting = [None, None], list(range(len(prompts)))  # two cache rows for four requests
     got: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
     nxt = torch.zeros(2, 1, dtype=torch.long)
-    at = torch.zeros(2, 1, dtype=torch.long)  # each row's next cache slot
+    cache = cache_of(m, 2, 32)
     with torch.no_grad():
-        m.setup_caches(2, 32)
         while waiting or any(s is not None for s in slots):
             for r in range(2):  # a free row takes the next request: its prompt read into that row alone
                 if slots[r] is None and waiting:
                     i = waiting.pop(0)
-                    p = torch.tensor([prompts[i]])
-                    logits = m(p, input_pos=torch.arange(p.size(1)), rows=torch.tensor([r]))[0][:, -1]
-                    slots[r], nxt[r, 0], at[r, 0] = i, logits.argmax(-1), p.size(1)
+                    cache.rows = torch.tensor([r])
+                    cache.reset(cache.rows)
+                    logits = m(torch.tensor([prompts[i]]), cache=cache)[0][:, -1]
+                    slots[r], nxt[r, 0] = i, logits.argmax(-1)
                     got[i].append(int(nxt[r, 0]))
-            logits = m(nxt, input_pos=at.clone())[0][:, -1]  # one step for every row, each at its own slot
-            at += 1
-            nxt = logits.argmax(-1, keepdim=True)
+            cache.rows = None
+            nxt = m(nxt, cache=cache)[0][:, -1].argmax(-1, keepdim=True)  # every row, each at its own slot
             for r, i in enumerate(slots):
                 if i is None:
                     continue

@@ -16,7 +16,7 @@ from gptlab.errors import GptlabError
 from gptlab.lit.optim import AdamWConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.lit.trainer import TrainerConfig
-from gptlab.model import GPTConfig
+from gptlab.model import GPTConfig, generate
 from gptlab.tokenizers import BPEConfig
 from gptlab.train import build, train
 
@@ -222,5 +222,5 @@ def test_model_generate_in_five_lines(tmp_path, cache_dir):
 
     loaded = checkpoint.load(out)
     idx = torch.tensor([loaded.tokenizer.encode("ROMEO:")])
-    text = loaded.tokenizer.decode(loaded.model.generate(idx, max_new_tokens=20, top_k=10)[0].tolist())
+    text = loaded.tokenizer.decode(generate(loaded.model, idx, max_new_tokens=20, top_k=10)[0].tolist())
     assert text.startswith("ROMEO:") and len(text) == 26 and math.isfinite(len(text))

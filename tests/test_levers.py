@@ -65,7 +65,8 @@ def test_cache_explicit_and_fused_paths_agree(lever):
 @pytest.mark.parametrize("lever", ["gpt2", *LEVERS])
 def test_prompts_of_different_lengths_in_one_left_padded_batch_each_as_if_alone(lever, attention):
     """generate(row_start=): each row of a left-padded batch gets the greedy tokens it gets alone (its positions
-    count from its own start, it never attends to the padding), with every lever and both attention paths."""
+    count from its own start, it never attends to the padding), with every lever and both attention paths, also
+    when the answers pass the context."""
     m = model(lever, attention=attention)
     with torch.no_grad():  # large weights: greedy tokens that depend on every position and on what is seen
         for p in m.parameters():
@@ -78,8 +79,9 @@ def test_prompts_of_different_lengths_in_one_left_padded_batch_each_as_if_alone(
     for row, p in zip(out, prompts):
         alone = generate(m, torch.tensor([p]), 12, temperature=0.0)
         assert row[width:].tolist() == alone[0, len(p):].tolist()
-    with pytest.raises(ValueError, match="within the block"):
-        generate(m, idx, 24, temperature=0.0, row_start=torch.zeros(4, dtype=torch.long))
+    long = generate(m, idx, 24, temperature=0.0, row_start=torch.tensor([width - len(p) for p in prompts]))
+    for row, p in zip(long, prompts):  # past the context of 16: each row's window slides as it does alone
+        assert row[width:].tolist() == generate(m, torch.tensor([p]), 24, temperature=0.0)[0, len(p):].tolist()
 
 
 @pytest.mark.parametrize("lever", ["rope", "swiglu", "gqa", "modern"])

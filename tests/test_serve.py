@@ -19,7 +19,7 @@ import torch
 
 from gptlab import checkpoint
 from gptlab.model import GPT, GPTConfig
-from gptlab.model.sampling import SamplingConfig, complete
+from gptlab.model import SamplingConfig, complete
 from gptlab.tokenizers import CharTokenizer
 from gptlab.tokenizers.chat import chat_tokenizer, end_id, render
 from conftest import REPO

@@ -1,7 +1,10 @@
-"""The GPT itself and sampling from it: plain PyTorch, no Lightning, no Hydra."""
+"""The GPT itself and decoding from it: plain PyTorch, no Lightning, no Hydra."""
 
-from gptlab.model.gpt import GPT, ConfigError, GPTConfig, KVCache, adapt, add_tokens, param_groups
-from gptlab.model.sampling import SEED, SamplingConfig, complete, filter_logits, generate, prompt_ids, sample_next
+from gptlab.model.cache import KVCache
+from gptlab.model.engine import Engine, Request, complete, generate, prompt_ids
+from gptlab.model.gpt import GPT, ConfigError, GPTConfig, param_groups
+from gptlab.model.resize import adapt, add_tokens
+from gptlab.model.sampling import GREEDY, OPENAI, SEED, SamplingConfig, filter_logits, sample_next
 
-__all__ = ["GPT", "adapt", "add_tokens", "SEED", "GPTConfig", "ConfigError", "KVCache", "param_groups", "generate", "sample_next", "filter_logits",
-           "SamplingConfig", "complete", "prompt_ids"]
+__all__ = ["GPT", "GPTConfig", "ConfigError", "KVCache", "param_groups", "adapt", "add_tokens", "Engine", "Request",
+           "generate", "complete", "prompt_ids", "SEED", "GREEDY", "OPENAI", "SamplingConfig", "sample_next", "filter_logits"]

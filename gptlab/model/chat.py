@@ -1,17 +1,22 @@
-"""Answering a conversation: the chat template's prompt, kept inside the context, continued by `complete`
-until the model writes `<|end|>`. The chat and eval's exact-match score both answer through here."""
+"""Answering a conversation: the chat template's prompt, kept inside the context, continued by the engine until
+the model writes `<|end|>`. `gptlab chat`, `gptlab serve`, eval's exact match and the end-of-run answers all take
+their prompts from `fit` with the room `room` leaves, and answer through the engine (model/engine.py)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Callable, Optional, Sequence
 
+from gptlab.model.engine import Engine, Request, complete
 from gptlab.model.gpt import GPT
-from gptlab.model.sampling import SEED, SamplingConfig, complete
+from gptlab.model.sampling import GREEDY, SEED, SamplingConfig
 from gptlab.tokenizers import Tokenizer
 from gptlab.tokenizers.chat import Message, end_id, render
 
-GREEDY = SamplingConfig(temperature=0.0, top_k=None)
+
+def room(block: int, max_new_tokens: int) -> int:
+    """The one rule for context: the tokens a prompt may take, keeping space for an answer of up to max_new_tokens
+    but at most a quarter of the context (a longer answer slides the window, as any generation does)."""
+    return max(1, block - min(max_new_tokens, block // 4))
 
 
 def fit(tokenizer: Tokenizer, messages: Sequence[Message], room: int) -> tuple[list[int], int]:
@@ -34,39 +39,27 @@ def fit(tokenizer: Tokenizer, messages: Sequence[Message], room: int) -> tuple[l
     return ids, sum(gone)
 
 
-def room(model: GPT, sampling: SamplingConfig) -> int:
-    """Tokens of context left for the prompt, keeping space for an answer of up to a quarter of the context
-    (a longer answer slides the window, as any generation does)."""
-    block = model.config.block_size
-    return max(1, block - min(sampling.max_new_tokens, block // 4))
-
-
 def reply(model: GPT, tokenizer: Tokenizer, messages: Sequence[Message], sampling: SamplingConfig = GREEDY,
           seed: int = SEED, on_text: Optional[Callable[[str], None]] = None) -> tuple[str, int]:
     """The model's answer to a conversation that ends with a user message, and how many old messages did not
     fit in the context. on_text streams the answer as it is generated."""
-    ids, dropped = fit(tokenizer, messages, room(model, sampling))
+    ids, dropped = fit(tokenizer, messages, room(model.config.block_size, sampling.max_new_tokens))
     (text,) = complete(model, tokenizer, ids, sampling, seed=seed, on_text=on_text, stop_token=end_id(tokenizer))
     return text, dropped
 
 
 def greedy_answers(model: GPT, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int],
-                   batch_size: int = 64, on_batch: Optional[Callable[[int], None]] = None) -> list[str]:
-    """Greedy answers to many prompts (ids from `fit`), batched by prompt length so no row needs padding;
-    max_new_tokens: the budget of each prompt's answer. on_batch(n): called after each batch of n prompts."""
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        by_length[len(p)].append(i)
-    out: list[str] = [""] * len(prompts)
+                   batch_size: int = 64, on_done: Optional[Callable[[int], None]] = None) -> list[str]:
+    """Greedy answers to many prompts (ids from `fit`), up to batch_size decoded at once, each prompt taking a row
+    as one frees; max_new_tokens: each answer's budget. on_done(n): called as n more answers are finished."""
+    engine = Engine(model, max(1, min(batch_size, len(prompts))), tokenizer)
     stop = end_id(tokenizer)
-    for group in by_length.values():
-        for start in range(0, len(group), batch_size):
-            which = group[start : start + batch_size]
-            budget = max(max_new_tokens[i] for i in which)
-            sampling = SamplingConfig(max_new_tokens=budget, temperature=0.0, top_k=None)
-            texts = complete(model, tokenizer, [prompts[i] for i in which], sampling, stop_token=stop)
-            for i, text in zip(which, texts):
-                out[i] = text
-            if on_batch is not None:
-                on_batch(len(which))
-    return out
+    requests = [Request(list(p), n, stop_token=stop) for p, n in zip(prompts, max_new_tokens)]
+
+    def count(advanced: list[Request]) -> None:
+        finished = sum(r.finished for r in advanced)
+        if finished and on_done is not None:
+            on_done(finished)
+
+    engine.run(requests, on_step=count)
+    return [r.text.text for r in requests]  # type: ignore[union-attr]

@@ -12,14 +12,14 @@ Shapes in comments: B batch, T time (tokens), C channels (n_embd), nh heads, hs 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import ClassVar, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptlab.model.sampling import generate
+from gptlab.model.cache import KVCache
 
 ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
 NORMS = ("pre", "post")
@@ -58,7 +58,7 @@ class GPTConfig:
 
     # the weights do not depend on these: a resumed run may change them (every other field is the model's shape)
     CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("dropout", "attention")
-    # a new run from trained weights (init_from=) may also use fewer positions or more tokens: see adapt()
+    # a new run from trained weights (init_from=) may also use fewer positions or more tokens: model/resize.py
     CHANGEABLE_ON_INIT: ClassVar[tuple[str, ...]] = (*CHANGEABLE_ON_RESUME, "block_size", "vocab_size")
 
     def __post_init__(self) -> None:
@@ -124,9 +124,12 @@ def rotation_table(positions: int, head_size: int, base: float) -> tuple[torch.T
     return angle.cos(), angle.sin()
 
 
+Rotation = tuple[torch.Tensor, torch.Tensor]  # cos and sin of the tokens' angles: (T, hs/2), or (B, 1, T, hs/2)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding: channel pairs (i, i + hs/2) of x (B, nh, T, hs) turned by their position's angles
-    (cos, sin: (T, hs/2)), so q.k depends on positions only through their difference."""
+    """Rotary embedding: channel pairs (i, i + hs/2) of x (B, nh, T, hs) turned by their position's angles,
+    so q.k depends on positions only through their difference."""
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
@@ -135,16 +138,12 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention where position t only sees positions <= t."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer  # which of the KV cache's layers is this one's
         self.n_head, self.n_kv_head, self.hs = config.n_head, config.kv_heads, config.head_size
         self.dropout = config.dropout
         self.explicit = config.attention == "explicit"
-        self.rope = config.pos == "rope"
-        if self.rope:  # every position's rotation, computed once (not saved: it follows from the config)
-            cos, sin = rotation_table(config.block_size, self.hs, config.rope_base)
-            self.register_buffer("cos", cos, persistent=False)
-            self.register_buffer("sin", sin, persistent=False)
         # q, k, v in one matmul (with grouped-query attention, k and v have fewer heads than q)
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.n_kv_head * self.hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -152,46 +151,40 @@ class CausalSelfAttention(nn.Module):
             else (nn.Identity(), nn.Identity())
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.kv_cache: Optional[KVCache] = None  # set by GPT.setup_caches, for generation
+        self.keep_weights = False  # GPT.attention_weights: keep the attention map in `weights`
+        self.weights: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False, pos: Optional[torch.Tensor] = None,
-                rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """pos: the tokens' positions, (T,) or per row (B, T); None: 0..T-1. input_pos: their slots in the cache,
-        rows: the cache rows x's rows are (None: all, in order)."""
+    def forward(self, x: torch.Tensor, rope: Optional[Rotation], cache: Optional[KVCache]) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.hs, self.n_kv_head * self.hs], dim=2)
         # (B, T, heads * hs) -> (B, heads, T, hs): each head attends independently
         q = self.q_norm(q.view(B, T, self.n_head, self.hs).transpose(1, 2))
         k = self.k_norm(k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2))
         v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)
-        if self.rope:  # positions enter here, as rotations of q and k, not as a table
-            cos, sin = (self.cos[:T], self.sin[:T]) if pos is None else (self.cos[pos], self.sin[pos])
-            if pos is not None and pos.dim() == 2:  # each row its own positions: (B, T, hs/2) -> (B, 1, T, hs/2)
-                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        if input_pos is not None:  # generation: store the new keys and values, attend over the whole cache
-            k, v = self.kv_cache.update(input_pos, k, v, rows)  # (B, n_kv_head, L, hs)
+        if rope is not None:  # positions enter here, as rotations of q and k, not as a table
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        mask = None  # no cache: causal attention within x
+        if cache is not None:  # decoding: store the new keys and values, attend over the row's cached ones
+            k, v = cache.update(self.layer, k, v)  # (B, n_kv_head, max_len, hs)
+            mask = cache.mask
         if self.n_kv_head != self.n_head:  # grouped-query: each k, v head serves n_head / n_kv_head q heads
             k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
 
-        weights = None
-        dropout_p = self.dropout if self.training else 0.0
         # one new token on the CPU: the plain math beats the fused kernel, which is made for many queries
-        # (3-7x in bf16)
-        if self.explicit or need_weights or (T == 1 and x.device.type == "cpu"):
+        if self.explicit or self.keep_weights or (T == 1 and x.device.type == "cpu"):
             y, weights = explicit_attention(q, k, v, mask, self.attn_dropout)
-        else:  # no mask: causal attention within x
+            self.weights = weights if self.keep_weights else None
+        else:
+            dropout_p = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y)), weights
+        return self.resid_dropout(self.c_proj(y))
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
                        dropout: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(Q K^T / sqrt(hs)) V, returning the weights too (B, nh, T, S). mask (T, S) or (B, 1, T, S): True
-    where query i may look at key j; None: causal (query i sees keys 0..i)."""
+    """softmax(Q K^T / sqrt(hs)) V, returning the weights too (B, nh, T, S). mask (B, 1, T, S): True where query
+    i may look at key j; None: causal (query i sees keys 0..i)."""
     T, S = q.size(-2), k.size(-2)
     if mask is None:
         mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
@@ -224,56 +217,20 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One transformer layer: attention then MLP, each wrapped in a residual connection and a LayerNorm."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
         self.pre_norm = config.norm == "pre"
         self.ln_1 = make_norm(config, config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, input_pos: Optional[torch.Tensor] = None, mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False, pos: Optional[torch.Tensor] = None,
-                rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, rope: Optional[Rotation], cache: Optional[KVCache]) -> torch.Tensor:
         if self.pre_norm:  # GPT-2: x + f(LN(x)); the residual stream itself is never normalised
-            a, w = self.attn(self.ln_1(x), input_pos, mask, need_weights, pos, rows)
-            x = x + a
-            x = x + self.mlp(self.ln_2(x))
-        else:  # GPT-1 / original Transformer: LN(x + f(x))
-            a, w = self.attn(x, input_pos, mask, need_weights, pos, rows)
-            x = self.ln_1(x + a)
-            x = self.ln_2(x + self.mlp(x))
-        return x, w
-
-
-class KVCache:
-    """Keys and values of one attention layer for generation, preallocated: 2 x (B, n_kv_head, max_len, hs).
-
-    A step writes its tokens' keys and values at their positions and attends over the whole cache, the
-    positions not yet written masked out: every one-token step has the same shapes, which CUDA graphs need.
-    """
-
-    def __init__(self, batch: int, n_head: int, max_len: int, head_size: int, device, dtype) -> None:
-        # zeros, not empty: a masked position weighs 0, but 0 * NaN (uninitialised memory) would still be NaN
-        self.k = torch.zeros(batch, n_head, max_len, head_size, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        if self.k.is_cuda:  # a fixed address: a CUDA graph updates the cache in place instead of copying it
-            torch._dynamo.mark_static_address(self.k)
-            torch._dynamo.mark_static_address(self.v)
-
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, h, T, hs) at positions input_pos, (T,) for every row or (B, T) each row its own, into the
-        cache's rows `rows` (B,) (None: all, in order); return those rows of the cache, 2 x (B, h, max_len, hs)."""
-        if rows is None and input_pos.dim() == 1:
-            self.k.index_copy_(2, input_pos, k)
-            self.v.index_copy_(2, input_pos, v)
-            return self.k, self.v
-        which = (torch.arange(k.size(0), device=k.device) if rows is None else rows).unsqueeze(1)  # (B, 1)
-        at = input_pos.expand(k.size(0), -1)  # (B, T)
-        self.k[which, :, at] = k.transpose(1, 2)  # indexed: (B, T, h, hs)
-        self.v[which, :, at] = v.transpose(1, 2)
-        return (self.k, self.v) if rows is None else (self.k[rows], self.v[rows])
+            x = x + self.attn(self.ln_1(x), rope, cache)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, rope, cache))  # GPT-1 / original Transformer: LN(x + f(x))
+        return self.ln_2(x + self.mlp(x))
 
 
 class GPT(nn.Module):
@@ -287,7 +244,7 @@ class GPT(nn.Module):
             # learned position embedding (with rotary positions there is none: attention rotates q and k)
             **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.pos == "learned" else {}),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             # pre-norm leaves the residual stream unnormalised, so GPT-2 adds a final LayerNorm;
             # post-norm blocks already end in one (GPT-1 has no ln_f)
             ln_f=make_norm(config, config.n_embd) if config.norm == "pre" else nn.Identity(),
@@ -295,6 +252,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
+        if config.pos == "rope":  # every position's rotation, computed once (not saved: it follows from the config)
+            cos, sin = rotation_table(config.block_size, config.head_size, config.rope_base)
+            self.register_buffer("cos", cos, persistent=False)
+            self.register_buffer("sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer),
         # two per layer, so the stream's variance does not grow with depth
@@ -315,40 +276,28 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters()) - (wpe if non_embedding else 0)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                input_pos: Optional[torch.Tensor] = None, start: Optional[torch.Tensor] = None,
-                rows: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
-
-        input_pos (T,), for generation: the positions of idx's tokens in the KV caches (`setup_caches`). Their
-        keys and values are written there, each token attends to the cached positions up to its own, and
-        only the last token's logits are computed, (B, 1, vocab): generation reads no others.
-        start (B,), with input_pos: rows of different lengths, left-padded to one; row b's text begins at cache
-        slot start[b]. Its tokens take positions from there (slot - start[b]) and never see the padding before it.
-        For many requests sharing the caches as they come and go (a server's continuous batching): input_pos
-        (B, T) gives each row its own slots, and rows (B,) says which cache rows idx's rows are (a request's
-        prompt read into its own row while the others wait).
-        """
+        With a KV cache (decoding, gptlab/model/engine.py) idx's tokens follow what the cache's rows hold, and only
+        the last position's logits are computed, (B, 1, vocab): decoding reads no others."""
         T = idx.size(1)
-        if input_pos is None:
+        if cache is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} tokens is longer than model.block_size={self.config.block_size}")
-            pos, mask = torch.arange(T, device=idx.device), None  # None: causal attention within idx
+            pos = torch.arange(T, device=idx.device)  # (T,)
         else:
-            cache = self.transformer.h[0].attn.kv_cache
-            if cache is None:
-                raise ValueError("input_pos needs KV caches: call model.setup_caches(batch, max_len) first")
-            # (T, L): cached position j is visible to the token at input_pos[i] when j <= input_pos[i]
-            slots = torch.arange(cache.k.size(2), device=idx.device)
-            pos, mask = input_pos, slots <= input_pos.unsqueeze(-1)  # (T, L), or (B, T, L): each row its own
-            if start is not None:  # a row sees its own text; a padding token itself (no empty softmax)
-                pos = (input_pos - start.unsqueeze(1)).clamp(min=0)  # (B, T)
-                mask = mask & ((slots >= start.view(-1, 1, 1)) | (slots == input_pos.unsqueeze(-1)))
-            if mask.dim() == 3:
-                mask = mask.unsqueeze(1)  # (B, 1, T, L): the same for every head
-        x = self._embed(idx, pos)
+            pos = cache.advance(T)  # (B, T): each row's own positions
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer["wpe"](pos)
+        x = self.transformer.drop(x)
+        rope = None
+        if self.config.pos == "rope":  # the tokens' rotations: (T, hs/2), or (B, 1, T, hs/2), the same for every head
+            cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
+            rope = (cos, sin) if pos.dim() == 1 else (cos.unsqueeze(1), sin.unsqueeze(1))
         for block in self.transformer.h:
-            x, _ = block(x, input_pos, mask, pos=pos if input_pos is not None else None, rows=rows)
-        if input_pos is not None:
+            x = block(x, rope, cache)
+        if cache is not None:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         if self.config.logit_softcap:  # large logits grow slower and slower, never past the cap (Gemma 2)
@@ -360,90 +309,21 @@ class GPT(nn.Module):
 
     def attention_weights(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Attention maps of every layer, each (B, nh, T, T), computed on the explicit path."""
-        x = self._embed(idx, torch.arange(idx.size(1), device=idx.device))
-        maps = []
-        for block in self.transformer.h:
-            x, w = block(x, need_weights=True)
-            maps.append(w)
-        return maps
-
-    def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T) at positions pos (T,) or (B, T) -> (B, T, C)."""
-        x = self.transformer.wte(idx)
-        if "wpe" in self.transformer:
-            x = x + self.transformer["wpe"](pos)
-        return self.transformer.drop(x)
-
-    def setup_caches(self, batch: int, max_len: int) -> None:
-        """Give every attention layer a KV cache for `batch` sequences of up to `max_len` positions. Caches of
-        that shape, device and dtype are kept (a compiled decoding step then sees the same tensors from call
-        to call); `clear_caches` frees them."""
-        c, w = self.config, self.transformer.wte.weight
-        old = self.transformer.h[0].attn.kv_cache
-        # an inference-mode tensor cannot be updated outside inference mode: made in one, it serves only there
-        want = ((batch, c.kv_heads, max_len, c.head_size), w.device, w.dtype, torch.is_inference_mode_enabled())
-        if old is not None and (old.k.shape, old.k.device, old.k.dtype, old.k.is_inference()) == want:
-            return
-        self.clear_caches()  # free the old ones before allocating
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch, c.kv_heads, max_len, c.head_size, w.device, w.dtype)
-
-    def clear_caches(self) -> None:
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
-                 top_p: Optional[float] = None, **kwargs) -> torch.Tensor:
-        """Continue idx (B, T) by max_new_tokens sampled tokens -> (B, T + n), as nanoGPT's model.generate.
-        Other options (generator, stop_token, compile, ...): gptlab.model.sampling.generate's."""
-        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, **kwargs)
+        layers = [block.attn for block in self.transformer.h]
+        for attn in layers:
+            attn.keep_weights = True
+        try:
+            self(idx)
+            return [attn.weights for attn in layers]  # type: ignore[misc]
+        finally:
+            for attn in layers:
+                attn.keep_weights, attn.weights = False, None
 
     def flops_per_token(self, seq_len: Optional[int] = None) -> float:
         """Training FLOPs per token (forward + backward): 6 per weight, plus attention's QK^T and AV
         (the estimate of the PaLM paper, appendix B)."""
         c, T = self.config, seq_len or self.config.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
-
-
-@torch.no_grad()
-def add_tokens(model: GPT, old: int, new: int) -> GPT:
-    """The model for a tokenizer that grew from `old` to `new` tokens (special tokens, new characters): the
-    table grows where it must, and the new ids' rows start as the mean of the trained ones, so a new token
-    begins as an average token (a random row would give it a large, arbitrary logit). Returns `model`
-    itself when its (padded) table already has the rows."""
-    if new <= old:
-        return model
-    if new > model.config.vocab_size:
-        grown = GPT(replace(model.config, vocab_size=new))
-        state = model.state_dict()
-        for key in ("transformer.wte.weight", "lm_head.weight"):
-            if key in state:
-                table = grown.state_dict()[key].clone()
-                table[: state[key].size(0)] = state[key]
-                state[key] = table
-        grown.load_state_dict(state)
-        model = grown.train(model.training)
-    for table in {id(t): t for t in (model.transformer.wte.weight, model.lm_head.weight)}.values():
-        table[old:new] = table[:old].mean(dim=0)
-    return model
-
-
-def adapt(model: GPT, spec: GPTConfig) -> GPT:
-    """A GPT of `spec` holding `model`'s weights: the position table cut to a smaller block_size, rows added
-    (as add_tokens adds them) for a larger vocab_size; the fields of CHANGEABLE_ON_RESUME need no weights."""
-    old = model.config
-    if spec.block_size > old.block_size:
-        raise ConfigError(f"model.block_size={spec.block_size} is larger than the source's {old.block_size}: "
-                          "positions past it were never trained; use at most that")
-    if (spec.vocab_size or 0) < (old.vocab_size or 0):
-        raise ConfigError(f"model.vocab_size={spec.vocab_size} is smaller than the source's {old.vocab_size}")
-    model = add_tokens(model, old.vocab_size or 0, spec.vocab_size or 0)
-    state = model.state_dict()
-    if "transformer.wpe.weight" in state:
-        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][: spec.block_size]
-    new = GPT(spec)
-    new.load_state_dict(state)
-    return new
 
 
 def param_groups(model: GPT, hidden: bool = False) -> list[dict]:

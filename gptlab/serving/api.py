@@ -15,13 +15,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from gptlab.model.batching import Request
+from gptlab.model import OPENAI, Request, prompt_ids
 from gptlab.model.chat import fit
-from gptlab.model.sampling import prompt_ids
 from gptlab.tokenizers import Tokenizer
 from gptlab.tokenizers.chat import Message, end_id, has_template
 
-MAX_STOPS, MAX_STOP_CHARS = 4, 128  # as OpenAI; a longer stop string is refused (each token is checked against it)
+MAX_STOPS, MAX_STOP_CHARS = 4, 128  # as OpenAI
 # OpenAI settings gptlab has no use for, accepted at the value that means "off"; any other value is refused
 NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, None), "echo": (False,),
            "best_of": (1,), "suffix": (None,), "logit_bias": (None,), "user": None, "stream_options": None}
@@ -61,12 +60,12 @@ class Served:
 
 @dataclass
 class Plan:
-    """A checked request: the prompt's ids, one engine Request per choice, how the text is cut."""
+    """A checked request: the prompt's ids and one engine Request per choice (n=), which carries the stop strings
+    and, as it runs, the choice's tokens and text."""
 
     chat: bool
     prompt: list[int]
     requests: list[Request]
-    stops: list[str]
     stream: bool
     include_usage: bool
     dropped: int = 0  # the oldest messages left out so the conversation fits the context
@@ -265,14 +264,14 @@ def completion_plan(served: Served, body: dict) -> Plan:
         raise ApiError(400, f"the prompt takes {len(ids)} tokens{f' and max_tokens {asked}' if asked else ''}: more "
                             f"than the model's context of {block} tokens", "max_tokens" if asked else "prompt",
                        "context_length_exceeded")
-    new = asked if asked is not None else min(16, served.max_tokens, block - len(ids))  # 16: OpenAI's default
+    new = asked if asked is not None else min(OPENAI.max_new_tokens, served.max_tokens, block - len(ids))
     return _plan(served, body, False, ids, new, served.tokenizer.eot_id, 0)
 
 
 def _plan(served: Served, body: dict, chat: bool, ids: list[int], new: int, stop_token: Optional[int],
           dropped: int) -> Plan:
-    temperature = number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = number(body, "top_p", 1.0, 0.0, 1.0, above_lo=True)
+    temperature = number(body, "temperature", OPENAI.temperature, 0.0, 2.0)
+    top_p = number(body, "top_p", OPENAI.top_p or 1.0, 0.0, 1.0, above_lo=True)
     n = integer(body, "n", 1, served.max_n) or 1
     seed = integer(body, "seed", -2**63, 2**63 - 1)
     seed = random.randrange(2**31) if seed is None else seed
@@ -281,68 +280,40 @@ def _plan(served: Served, body: dict, chat: bool, ids: list[int], new: int, stop
     if options is not None and (not stream or not isinstance(options, dict) or set(options) - {"include_usage"}):
         raise ApiError(400, "stream_options is {\"include_usage\": true|false}, with stream=true", "stream_options")
     include_usage = bool(options and flag(options, "include_usage"))
-    requests = [Request(ids, new, temperature=temperature, top_k=None, top_p=None if top_p == 1.0 else top_p,
-                        stop_token=stop_token, seed=(seed + i) % 2**63) for i in range(n)]
-    return Plan(chat, ids, requests, stops(body), stream, include_usage, dropped)
+    stop = stops(body)
+    requests = [Request(ids, new, temperature=temperature, top_k=OPENAI.top_k, top_p=None if top_p == 1.0 else top_p,
+                        stop_token=stop_token, stop=stop, seed=(seed + i) % 2**63) for i in range(n)]
+    return Plan(chat, ids, requests, stream, include_usage, dropped)
 
 
-class Answer:
-    """One choice's text as its tokens arrive: whole characters, cut at the stop token or before a stop string.
-    A tail that could be the start of a stop string is held back until the next tokens say it is not."""
-
-    def __init__(self, tokenizer: Tokenizer, stop_token: Optional[int], stop_strings: list[str]) -> None:
-        self.decoder, self.stop_token, self.stops = tokenizer.decoder(), stop_token, stop_strings
-        self.text, self.sent, self.tokens = "", 0, 0
-        self.finish: Optional[str] = None  # stop or length, once the choice is over
-
-    def push(self, tokens: list[int], finished: bool) -> str:
-        """The tokens the engine produced (finished: it has stopped); returns the new text that is final."""
-        for t in tokens:
-            self.tokens += 1
-            if t == self.stop_token:
-                self.finish = "stop"
-                break
-            self.text += self.decoder.push(t)
-        if finished or self.finish:
-            self.text += self.decoder.flush()
-            self.finish = self.finish or "length"
-        start = max(0, self.sent - MAX_STOP_CHARS)  # a stop string ends in the new text: search no further back
-        cut = min((i for i in (self.text.find(s, start) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.text, self.finish = self.text[:cut], "stop"
-        end = len(self.text) if self.finish else len(self.text) - self._held()
-        out, self.sent = self.text[self.sent:end], max(self.sent, end)
-        return out
-
-    def _held(self) -> int:
-        """The longest tail of the text that a stop string starts with."""
-        return max((k for s in self.stops for k in range(1, min(len(s), len(self.text) + 1))
-                    if self.text.endswith(s[:k])), default=0)
+def finish_reason(request: Request) -> Optional[str]:
+    return None if request.finish in (None, "cancelled") else request.finish
 
 
-def usage(plan: Plan, answers: list[Answer]) -> dict:
-    completion = sum(a.tokens for a in answers)
+def usage(plan: Plan) -> dict:
+    completion = sum(len(r.tokens) for r in plan.requests)
     return {"prompt_tokens": len(plan.prompt), "completion_tokens": completion,
             "total_tokens": len(plan.prompt) + completion}
 
 
-def response(served: Served, plan: Plan, answers: list[Answer]) -> dict:
+def response(served: Served, plan: Plan) -> dict:
     """The whole answer (stream=false)."""
+    texts = [r.text.text for r in plan.requests]  # type: ignore[union-attr]
     if plan.chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": a.text}, "logprobs": None,
-                    "finish_reason": a.finish} for i, a in enumerate(answers)]
+        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
+                    "finish_reason": finish_reason(r)} for i, (t, r) in enumerate(zip(texts, plan.requests))]
     else:
-        choices = [{"index": i, "text": a.text, "logprobs": None, "finish_reason": a.finish}
-                   for i, a in enumerate(answers)]
+        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": finish_reason(r)}
+                   for i, (t, r) in enumerate(zip(texts, plan.requests))]
     return {"id": plan.id, "object": "chat.completion" if plan.chat else "text_completion",
-            "created": plan.created, "model": served.name, "choices": choices, "usage": usage(plan, answers)}
+            "created": plan.created, "model": served.name, "choices": choices, "usage": usage(plan)}
 
 
 def chunk(served: Served, plan: Plan, index: Optional[int], piece: Optional[str], finish: Optional[str],
-          first: bool = False, usage_of: Optional[list[Answer]] = None) -> dict:
-    """One streamed chunk: a piece of choice `index`'s text (and its finish reason at the end); usage_of: the
+          first: bool = False, with_usage: bool = False) -> dict:
+    """One streamed chunk: a piece of choice `index`'s text (and its finish reason at the end); with_usage: the
     closing chunk with the usage counts and no choices."""
-    if usage_of is not None:
+    if with_usage:
         choices: list[dict] = []
     elif plan.chat:
         delta = ({"role": "assistant", "content": piece or ""} if first else
@@ -352,8 +323,8 @@ def chunk(served: Served, plan: Plan, index: Optional[int], piece: Optional[str]
         choices = [{"index": index, "text": piece or "", "logprobs": None, "finish_reason": finish}]
     out = {"id": plan.id, "object": "chat.completion.chunk" if plan.chat else "text_completion",
            "created": plan.created, "model": served.name, "choices": choices}
-    if usage_of is not None:
-        out["usage"] = usage(plan, usage_of)
+    if with_usage:
+        out["usage"] = usage(plan)
     elif plan.include_usage:
         out["usage"] = None
     return out

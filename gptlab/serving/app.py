@@ -1,4 +1,4 @@
-"""The HTTP server: OpenAI's routes over the engine, the chat page at `/`, and what keeps the server well
+"""The HTTP server: OpenAI's routes over the worker, the chat page at `/`, and what keeps the server well
 whatever clients do: a size limit on request bodies, an API key when one is set, 429 when the queue is full,
 a client that goes away cancelling its generation, one log line per request, and client mistakes answered
 4xx in OpenAI's error format (never a 5xx, never a crash).
@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gptlab.serving.api import Answer, ApiError, Plan, Served, chat_plan, chunk, completion_plan, loads, response
-from gptlab.serving.engine import Busy, Engine, Job
+from gptlab.serving.api import ApiError, Plan, Served, chat_plan, chunk, completion_plan, finish_reason, loads, response
+from gptlab.serving.worker import Busy, Job, Worker
 
 log = logging.getLogger("gptlab.serve")
 POLL_S = 0.25  # how often a whole (unstreamed) answer checks that its client is still there
@@ -32,41 +32,32 @@ POLL_S = 0.25  # how often a whole (unstreamed) answer checks that its client is
 class Generation:
     """One HTTP request's choices in the engine, their text as it arrives on the event loop."""
 
-    def __init__(self, engine: Engine, served: Served, plan: Plan) -> None:
-        self.engine, self.plan = engine, plan
+    def __init__(self, worker: Worker, plan: Plan) -> None:
+        self.worker, self.plan = worker, plan
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
-        stop_token = plan.requests[0].stop_token
-        self.answers = [Answer(served.tokenizer, stop_token, plan.stops) for _ in plan.requests]
         try:
-            self.jobs = engine.submit(plan.requests, self._deliver)
+            self.jobs = worker.submit(plan.requests, self._deliver)
         except Busy:
-            raise ApiError(429, f"the server is busy ({engine.capacity} requests in flight): try again shortly",
+            raise ApiError(429, f"the server is busy ({worker.capacity} requests in flight): try again shortly",
                            code="server_busy", kind="rate_limit_error", headers={"Retry-After": "1"}) from None
 
-    def _deliver(self, job: Job, tokens: list[int], finished: bool, error: Optional[BaseException]) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (job.index, tokens, finished, error))
+    def _deliver(self, job: Job, piece: str, finished: bool, error: Optional[BaseException]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (job.index, piece, finished, error))
 
     async def pieces(self) -> AsyncIterator[tuple[int, str, Optional[str]]]:
         """(choice, its new text, its finish reason once over) until every choice is over; whatever ends this
         early (the client gone, an error) cancels the choices still running."""
         try:
-            running = len(self.answers)
+            running = len(self.jobs)
             while running:
-                index, tokens, finished, error = await self.queue.get()
+                index, piece, finished, error = await self.queue.get()
                 if error is not None:
                     raise ApiError(500, f"generation failed: {type(error).__name__}: {error}", kind="server_error")
-                answer = self.answers[index]
-                if answer.finish:  # cut by a stop string already; the engine's tokens were on their way
-                    continue
-                piece = answer.push(tokens, finished)
-                if answer.finish:
-                    running -= 1
-                    if not finished:
-                        self.engine.cancel([self.jobs[index]])
-                yield index, piece, answer.finish
+                running -= finished
+                yield index, piece, finish_reason(self.plan.requests[index]) if finished else None
         finally:
-            self.engine.cancel(self.jobs)
+            self.worker.cancel(self.jobs)
 
 
 class Stream(StreamingResponse):
@@ -81,7 +72,7 @@ class Stream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.generation.engine.cancel(self.generation.jobs)
+            self.generation.worker.cancel(self.generation.jobs)
 
 
 def sse(data: Any) -> bytes:
@@ -89,11 +80,11 @@ def sse(data: Any) -> bytes:
 
 
 class Server:
-    """The routes, over one engine and the model it serves."""
+    """The routes, over one worker and the model it serves."""
 
-    def __init__(self, engine: Engine, served: Served, api_key: Optional[str] = None,
+    def __init__(self, worker: Worker, served: Served, api_key: Optional[str] = None,
                  max_request_bytes: int = 1 << 20) -> None:
-        self.engine, self.served, self.api_key, self.max_request_bytes = engine, served, api_key, max_request_bytes
+        self.worker, self.served, self.api_key, self.max_request_bytes = worker, served, api_key, max_request_bytes
         self.page = resources.files("gptlab.serving").joinpath("page.html").read_text(encoding="utf-8")
 
     def asgi(self) -> ASGIApp:
@@ -111,7 +102,7 @@ class Server:
         return HTMLResponse(self.page, headers={"Cache-Control": "no-store"})
 
     async def health(self, request: HttpRequest) -> Response:
-        e = self.engine  # served: requests run to their end; tokens: generated, since the start
+        e = self.worker  # served: requests run to their end; tokens: generated, since the start
         return JSONResponse({"status": "ok" if e.alive else "failed", "model": self.served.name,
                              "in_flight": e.in_flight, "capacity": e.capacity, "rows": e.rows, "served": e.served,
                              "tokens": e.tokens}, status_code=200 if e.alive else 503)
@@ -144,7 +135,7 @@ class Server:
     # --- the work ---
 
     async def generate(self, request: HttpRequest, plan: Plan) -> Response:
-        generation = Generation(self.engine, self.served, plan)
+        generation = Generation(self.worker, plan)
         request.state.usage = generation
         headers = {"X-Gptlab-Dropped-Messages": str(plan.dropped)} if plan.dropped else {}
         if plan.stream:
@@ -159,7 +150,7 @@ class Server:
                 await asyncio.gather(drain, return_exceptions=True)
                 return Response(status_code=499)  # nobody is there to read it; the log says so
         drain.result()  # raises what generation raised
-        return JSONResponse(response(self.served, plan, generation.answers), headers=headers)
+        return JSONResponse(response(self.served, plan), headers=headers)
 
     @staticmethod
     async def drain(pieces: AsyncIterator[Any]) -> None:
@@ -181,7 +172,7 @@ class Server:
         finally:  # the client gone (this generator closed or cancelled): the choices' rows free at once
             await pieces.aclose()
         if plan.include_usage:
-            yield sse(chunk(served, plan, None, None, None, usage_of=generation.answers))
+            yield sse(chunk(served, plan, None, None, None, with_usage=True))
         yield sse("[DONE]")
 
     async def body(self, request: HttpRequest) -> bytes:
@@ -252,7 +243,7 @@ class RequestLog:
             generation = state.get("usage")
             tokens = ""
             if generation is not None:
-                made = sum(a.tokens for a in generation.answers)
+                made = sum(len(r.tokens) for r in generation.plan.requests)
                 tokens = f" prompt={len(generation.plan.prompt)} completion={made}"
             client = scope.get("client") or ("-", 0)
             error = f" ({state['error']})" if state.get("error") else ""

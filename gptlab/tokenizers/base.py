@@ -77,23 +77,28 @@ class Tokenizer(ABC):
 class StreamDecoder:
     """Turns tokens into text one at a time, holding back bytes until they form whole characters.
 
-    Byte-level tokens may end in the middle of a UTF-8 character; printing each token's text as it
-    comes would show replacement characters. This keeps the decoded prefix and emits only what is final.
+    Byte-level tokens may end in the middle of a UTF-8 character; printing each token's text as it comes would
+    show replacement characters. Only the tokens since the last whole character are decoded again (usually
+    just the new one), so a long text costs no more per token than a short one.
     """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = 0
+        self.pending: list[int] = []  # tokens since the last character boundary
+        self.emitted = 0  # characters of their text already handed out
 
     def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        self.pending.append(token)
+        text = self.tokenizer.decode(self.pending)
         stable = len(text.rstrip("\ufffd"))  # a trailing replacement char may still be completed
-        out, self.emitted = text[self.emitted : stable], max(self.emitted, stable)
+        out = text[self.emitted : stable]
+        if stable == len(text):  # a character boundary: start afresh
+            self.pending, self.emitted = [], 0
+        else:
+            self.emitted = max(self.emitted, stable)
         return out
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        out, self.emitted = text[self.emitted :], len(text)
+        out = self.tokenizer.decode(self.pending)[self.emitted :]
+        self.pending, self.emitted = [], 0
         return out

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gptlab.errors import GptlabError
-from gptlab.model.sampling import eval_mode
+from gptlab.model.engine import inference
 
 PathLike = Union[str, Path]
 Predictions = list[list[tuple[str, float]]]
@@ -54,7 +54,7 @@ def _batch(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
 def attention_maps(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
     """Attention weights of every layer and head for one prompt: (n_layer, n_head, T, T), float32 on CPU."""
     x = _batch(model, ids)
-    with eval_mode(model):
+    with inference(model):
         maps = model.attention_weights(x)  # one (1, nh, T, T) per layer
     return torch.stack([m[0] for m in maps]).float().cpu()
 
@@ -62,7 +62,7 @@ def attention_maps(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
 def top_predictions(model: torch.nn.Module, ids: Sequence[int], tokenizer, k: int = 5) -> Predictions:
     """For each position, the model's k likeliest next tokens as (label, probability), likeliest first."""
     x = _batch(model, ids)
-    with eval_mode(model):
+    with inference(model):
         logits, _ = model(x)
     probs, top = logits[0].float().softmax(-1).topk(min(k, logits.size(-1)), dim=-1)
     uniq = sorted(set(top.flatten().tolist()))

@@ -8,7 +8,9 @@ A checkpoint is Lightning's file (`state_dict` with `model.*` keys, optimizer an
      "model": {...},              # the GPTConfig the weights belong to (vocab_size resolved)
      "tokenizer": {...},          # the trained tokenizer, whole (Tokenizer.to_dict)
      "val_tokens_per_char": 1.0,  # of the run's val split: turns nats/token into bits/char
-     "config": {...}}             # the run's composed config, resolved: data, trainer, optim, scheduler, seed...
+     "config": {...}}             # the run's composed config (data, trainer, optim, scheduler, seed...), its
+                                  # interpolations kept (${paths.output_dir} means the reader's folder); data.path
+                                  # absolute; paths, ckpt_path and hydra left out
 
 `load` checks the format: format 1 (gptlab 0.1, settings in Lightning's `hyper_parameters`) is converted
 on the fly; a newer format than this gptlab knows is refused in one line.

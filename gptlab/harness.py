@@ -8,7 +8,8 @@ The harness hands a model three kinds of request; each is answered here as its o
 scores equal those of the folder `gptlab export` writes (tests/test_harness.py checks that):
 - loglikelihood(context, continuation): the log-probability of the continuation's tokens and whether greedy
   decoding would have produced them. The harness splits the text into tokens (TemplateLM); requests are scored
-  longest first, one forward pass per batch; a context longer than the model's window loses its oldest tokens.
+  longest first, one forward pass per batch, the head only at the positions that predict a continuation; a
+  context longer than the model's window loses its oldest tokens.
 - loglikelihood_rolling(text): the whole text's log-probability in windows of block_size, each token predicted
   once with as much context as the window holds (the harness's own windowing), for perplexity tasks.
 - generate_until(context, {until, max_gen_toks, ...}): the decoding engine (model/engine.py), batch_size requests
@@ -127,16 +128,17 @@ class GptlabLM(TemplateLM):
                 rows = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):][:-1] for i in which]
                 width = max(map(len, rows))
                 x = torch.tensor([r + [0] * (width - len(r)) for r in rows], device=self._device)  # right-padded
-                logits = self.model(x)[0]  # (B, T, vocab)
-                for row, i, n in zip(logits, which, map(len, rows)):
-                    cont = requests[i][2]
-                    if len(cont) > n:
-                        raise ValueError(f"a continuation of {len(cont)} tokens is longer than the model's context "
-                                         f"of {self.max_length}: it cannot be scored (the harness's hf model refuses "
-                                         "it too)")
-                    # only the positions that predict the continuation: no softmax over the context's
-                    scored = F.log_softmax(row[n - len(cont):n].float(), dim=-1)
-                    target = torch.tensor(cont, device=self._device)
+                spans = []  # (row, first, end): the positions that predict the continuation
+                for b, (i, n) in enumerate(zip(which, map(len, rows))):
+                    if len(requests[i][2]) > n:
+                        raise ValueError(f"a continuation of {len(requests[i][2])} tokens is longer than the model's "
+                                         f"context of {self.max_length}: it cannot be scored (the harness's hf model "
+                                         "refuses it too)")
+                    spans.append((b, n - len(requests[i][2]), n))
+                features = self.model.features(x)  # (B, T, C): the head and its softmax only where scored
+                logp = F.log_softmax(self.model.head(torch.cat([features[b, s:e] for b, s, e in spans])).float(), -1)
+                for i, scored in zip(which, logp.split([e - s for _, s, e in spans])):
+                    target = torch.tensor(requests[i][2], device=self._device)
                     greedy = bool((scored.argmax(dim=-1) == target).all())
                     out[i] = (float(scored.gather(1, target[:, None]).sum()), greedy)
                 bar.update(len(which))

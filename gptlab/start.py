@@ -1,6 +1,7 @@
 """How a training run starts: fresh, resumed (`ckpt_path=`: the checkpoint's record of the config is the truth,
 the command's overrides composed on it by Hydra) or from trained weights (`init_from=`: the source's model is the
-`model` option the command applies to), decided in one place, with the checkpoint read once. What a resume or
+`model` option the command applies to), decided in one place; gptlab reads the checkpoint once, for its record
+(Lightning's trainer.fit reads it again to restore the weights, optimizer and loops). What a resume or
 init_from may change, the specs declare (docs/ARCHITECTURE.md, "Starting")."""
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def test_seeded_sampling_with_and_without_the_cache_agree():
     a = generate(m, prompt, 30, 0.9, 10, 0.9, generator=torch.Generator().manual_seed(3))
     b = generate(m, prompt, 30, 0.9, 10, 0.9, generator=torch.Generator().manual_seed(3), use_cache=False)
     assert a.shape == (2, 33) and torch.equal(a, b)
-    assert _caches[m].k.shape[1] == 2  # the cache kept for the next call of this shape (a compiled step reuses it)
+    assert _caches[m][0].k.shape[1] == 2  # the cache kept for the next call of this shape (a compiled step reuses it)
 
 
 def test_caches_made_in_inference_mode_serve_outside_it():
@@ -124,7 +124,7 @@ def test_generation_stays_on_the_gpu():
         assert ref.device.type == "cuda"
         for compile in (False, True):  # True: decode_one as a CUDA graph (torch.compile's reduce-overhead)
             assert torch.equal(generate(m, prompt, 40, temperature=0, compile=compile), ref)
-        assert _caches[m].k.device.type == "cuda"
+        assert _caches[m][0].k.device.type == "cuda"
         g = torch.Generator(device="cuda").manual_seed(0)
         sampled = generate(m, prompt.cuda(), 20, temperature=1.0, top_k=5, top_p=0.9, generator=g, stop_token=3)
         assert sampled.device.type == "cuda" and sampled.size(1) <= 25

@@ -62,7 +62,7 @@ def test_generate_in_bfloat16_runs_the_model_in_bfloat16(run_dir):
     out = gpt_generate.run(cfg("generate", *common, "dtype=bfloat16"))
     assert len(out) == 1 and out[0].startswith("ROMEO:") and len(out[0]) == 36
     assert complete(loaded.model, loaded.tokenizer, "ROMEO:", SamplingConfig(30, temperature=0)) == [out[0][6:]]
-    assert _caches[loaded.model].k.dtype == torch.bfloat16
+    assert _caches[loaded.model][0].k.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("overrides, message", [

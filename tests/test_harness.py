@@ -177,3 +177,38 @@ def test_a_chat_model_prompt_goes_through_its_template_and_stops_at_the_turn_end
     prompt = lm.apply_chat_template(history)
     assert lm.is_chat and lm.tok_encode(prompt) == render(tok, history, reply=True)[0]
     assert lm.eot_token_id == tok.special_tokens[END]
+
+
+def test_generate_until_decodes_each_token_a_bounded_number_of_times(shakespeare_text):
+    """generate_until checks stop sequences on the text as it grows, adding each token's text once: the tokens
+    decoded over an answer grow linearly with its length, not quadratically (it decoded the whole row again after
+    every token before). Counted, not timed."""
+    import torch
+
+    from gptlab.harness import GptlabLM
+    from gptlab.model import GPT, GPTConfig
+    from gptlab.tokenizers import CharTokenizer
+
+    decoded: list[int] = []
+
+    class Counting(CharTokenizer):
+        def decode(self, ids):
+            decoded.append(len(ids))
+            return super().decode(ids)
+
+    tok = Counting.from_dict(CharTokenizer.train(shakespeare_text[:10_000]).to_dict())
+    torch.manual_seed(0)
+    lm = GptlabLM(model=GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=512, n_layer=1, n_head=2, n_embd=16)),
+                  tokenizer=tok, batch_size=2)
+
+    class Req:
+        def __init__(self, n: int) -> None:
+            self.args = ("ROMEO:", {"until": ["never written here"], "max_gen_toks": n})
+
+    per_token = {}
+    for n in (50, 400):
+        decoded.clear()
+        (text,) = lm.generate_until([Req(n)], disable_tqdm=True)
+        assert len(tok.encode(text)) == n
+        per_token[n] = sum(decoded) / n
+    assert per_token[400] < 1.5 * per_token[50] and per_token[400] < 4

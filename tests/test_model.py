@@ -48,6 +48,27 @@ def test_sdpa_equals_explicit_and_weights_are_causal():
         assert torch.all(w.triu(diagonal=1) == 0)
 
 
+@pytest.mark.parametrize("lever", [{}, {"pos": "rope", "n_kv_head": 2, "qk_norm": True}])
+def test_training_takes_the_fused_causal_path_with_no_mask(lever, monkeypatch):
+    """Training and evaluation call SDPA with is_causal=True and no mask (the flash kernel on a GPU); with a KV
+    cache (decoding) the cache's mask is passed instead."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+        calls.append((attn_mask, is_causal, dropout_p))
+        return sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    m = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32, dropout=0.1, **lever))
+    x = torch.randint(0, 50, (2, 16))
+    m(x, targets=x)[1].backward()
+    assert calls == [(None, True, 0.1)] * 2
+    calls.clear()
+    generate(m.eval(), x[:, :8], 1, temperature=0)  # the prompt read with the cache: its mask, no dropout
+    assert len(calls) == 2 and all(mask is not None and not causal and p == 0.0 for mask, causal, p in calls)
+
+
 def test_initial_loss_is_log_vocab():
     m = tiny(vocab_size=65)
     torch.manual_seed(1)

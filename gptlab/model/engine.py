@@ -74,21 +74,25 @@ def compiled_decode_one(mode: str) -> Callable[..., torch.Tensor]:
     return torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
 
 
-# a model's cache, kept from one engine to the next while its shape holds: a compiled step (a CUDA graph) then
-# finds the same tensors at the same addresses
-_caches: "weakref.WeakKeyDictionary[GPT, KVCache]" = weakref.WeakKeyDictionary()
+# a model's cache and the engine that took it last: kept for the next engine of that shape once that one is done
+# (gone or idle), so a compiled step (a CUDA graph) finds the same tensors at the same addresses
+_caches: "weakref.WeakKeyDictionary[GPT, tuple[KVCache, weakref.ref]]" = weakref.WeakKeyDictionary()
 
 
-def cache_for(model: GPT, rows: int, max_len: int) -> KVCache:
+def cache_for(model: GPT, engine: "Engine", rows: int, max_len: int) -> KVCache:
     c, w = model.config, model.transformer.wte.weight
-    old = _caches.get(model)
+    cache, owner = _caches.get(model, (None, lambda: None))
+    free = owner() is None or not owner().busy  # type: ignore[union-attr]
     # an inference-mode tensor cannot be updated outside inference mode: made in one, it serves only there
     want = ((c.n_layer, rows, c.kv_heads, max_len, c.head_size), w.device, w.dtype, torch.is_inference_mode_enabled())
-    if old is not None and (old.k.shape, old.k.device, old.k.dtype, old.k.is_inference()) == want:
-        old.reset()
-        return old
-    _caches.pop(model, None)  # the old one freed before the new one is made
-    cache = _caches[model] = KVCache(c.n_layer, rows, c.kv_heads, max_len, c.head_size, w.device, w.dtype)
+    if free and cache is not None and (cache.k.shape, cache.k.device, cache.k.dtype, cache.k.is_inference()) == want:
+        cache.reset()
+    else:
+        if free:  # the old one freed before the new one is made
+            _caches.pop(model, None)
+            cache = None
+        cache = KVCache(c.n_layer, rows, c.kv_heads, max_len, c.head_size, w.device, w.dtype)
+    _caches[model] = (cache, weakref.ref(engine))
     return cache
 
 
@@ -121,7 +125,7 @@ class Engine:
         self.slots: list[Optional[Request]] = [None] * rows
         self.waiting: deque[Request] = deque()
         self.max_len = min(max_len or self.block, self.block)
-        self.cache = cache_for(model, rows, self.max_len) if use_cache else None
+        self.cache = cache_for(model, self, rows, self.max_len) if use_cache else None
         self.compiled = (self.device.type == "cuda" if compile is None else compile) and use_cache
         self._step = compiled_decode_one("reduce-overhead" if self.device.type == "cuda" else "default") \
             if self.compiled else decode_one
@@ -186,8 +190,11 @@ class Engine:
             if not order:
                 return []
             tokens = self._sample(order, logits[0] if len(logits) == 1 else torch.cat(logits))  # (A, 1)
-            rows = torch.tensor(order, device=self.device)
-            self._next[rows] = tokens
+            rows = self._rows(order)
+            if rows is None:
+                self._next.copy_(tokens)
+            else:
+                self._next.index_copy_(0, rows, tokens)
             advanced = [self.slots[r] for r in order]
             for req, token in zip(advanced, tokens.view(-1).tolist()):  # one read from the device a step
                 self._record(req, token)  # type: ignore[arg-type]
@@ -245,13 +252,13 @@ class Engine:
         assert self.cache is not None
         padded = rows
         if self.compiled and len(rows) < len(self.slots):  # a compiled step per power of two, not per count:
-            size = min(len(self.slots), 1 << (len(rows) - 1).bit_length())  # free rows fill the rest
+            size = min(len(self.slots), 1 << (len(rows) - 1).bit_length())  # free rows fill the rest, emptied
             padded = rows + [r for r, q in enumerate(self.slots) if q is None][: size - len(rows)]
+            if len(padded) > len(rows):  # first, so they never run out of slots (what they write nobody reads)
+                self.cache.reset(torch.tensor(padded[len(rows):], device=self.device))
         which = self._rows(padded)
         self.cache.rows = which
         logits = self._step(self.model, self._next if which is None else self._next[which], self.cache)
-        if len(padded) > len(rows):  # the free rows wrote nothing that anyone reads: empty them again
-            self.cache.reset(torch.tensor(padded[len(rows):], device=self.device))
         return logits[: len(rows)]
 
     # -- tokens ---------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from gptlab.model import OPENAI, Request, prompt_ids
-from gptlab.model.chat import fit
+from gptlab.model.chat import fit, room
 from gptlab.tokenizers import Tokenizer
 from gptlab.tokenizers.chat import Message, end_id, has_template
 
@@ -235,15 +235,16 @@ def chat_plan(served: Served, body: dict) -> Plan:
     newer, older = max_tokens(served, body, "max_completion_tokens"), max_tokens(served, body, "max_tokens")
     asked = older if newer is None else newer  # OpenAI's newer name wins
     block = served.block_size
-    reserve = asked if asked is not None else min(served.max_tokens, block // 4)
-    ids, dropped = fit(served.tokenizer, conversation, max(1, block - reserve))  # the oldest turns go first
-    room = block - len(ids)  # without max_tokens, a last message longer than asked still gets what room is left
-    if room < (asked or 1):
+    # OpenAI's API promises max_tokens of room beside the prompt; without it, the one rule of gptlab chat
+    space = max(1, block - asked) if asked is not None else room(block, served.max_tokens)
+    ids, dropped = fit(served.tokenizer, conversation, space)  # the oldest turns go first
+    left = block - len(ids)  # without max_tokens, a last message longer than asked still gets what room is left
+    if left < (asked or 1):
         raise ApiError(400, f"the conversation's last message(s) take {len(ids)} tokens"
                             f"{f' and max_tokens {asked}' if asked else ''}: more than the model's context of {block} "
                             f"tokens; shorten it{' or ask fewer tokens' if asked else ''}", "messages",
                        "context_length_exceeded")
-    new = asked if asked is not None else min(served.max_tokens, room)
+    new = asked if asked is not None else min(served.max_tokens, left)
     return _plan(served, body, True, ids, new, end_id(served.tokenizer), dropped)
 
 

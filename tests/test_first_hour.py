@@ -174,7 +174,7 @@ def test_help_lists_what_each_entry_point_takes(tmp_path, monkeypatch, capsys):
     out = help_of(monkeypatch, capsys, "eval", "-h")
     assert "whole_split=False" in out and "model=" not in out
     out = help_of(monkeypatch, capsys, "chat", "--help")
-    assert "/reset" in out and "system=" in out and "max_new_tokens=256" in out
+    assert "/reset" in out and "system=" in out and "max_new_tokens=500" in out  # the defaults of generate
     r = run("gptlab.generate", "ckpt_path=x", "trainer=gpu", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == (
         "error: python -m gptlab.generate has no option trainer: python -m gptlab.generate --help lists what it takes")

@@ -131,9 +131,11 @@ class Linear(nn.Linear):
     (scripts/bench_generate.py on 2 cores: tokens/s 1.7x at model=small, 1.3x at GPT-2 124M)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype != torch.float32 \
+                or torch.is_grad_enabled():  # compiled: its own kernels; bf16 products are parallel already
+            return super().forward(x)
         n, rows, (out, C) = torch.get_num_threads(), x.numel() // x.size(-1), self.weight.shape
-        if x.device.type != "cpu" or x.dtype != torch.float32 or n == 1 or rows > 16 or out < 8 * n \
-                or torch.is_grad_enabled():  # bf16 products are parallel already
+        if n == 1 or rows > 16 or out < 8 * n:
             return super().forward(x)
         whole = out // n * n  # rows of the weight in n equal parts; the few left over go alone
         parts = self.weight[:whole].view(n, whole // n, C).transpose(1, 2)  # (n, C, whole / n)

@@ -5,8 +5,9 @@ the batch's length starts its text at slot `start` and never looks at the paddin
 each row's length itself, so a forward pass only says which rows it feeds (`rows`, None: all of them in order)
 and the cache says where their tokens go, at which positions, and which slots each query may see.
 
-Shapes never change from step to step (attention reads every slot, the unwritten ones masked out): a compiled
-one-token step, or a CUDA graph of it, serves every step.
+Eager decoding reads only the slots written so far (`seen`, which the engine sets); with `seen` None attention
+reads every slot, the unwritten ones masked out, so shapes never change from step to step and a compiled one-token
+step, or a CUDA graph of it, serves every step.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class KVCache:
         self.start = torch.zeros(batch, dtype=torch.long, device=device)  # each row's first slot of text
         self.slots = torch.arange(max_len, device=device)
         self.rows: Optional[torch.Tensor] = None  # the cache rows the next forward's rows are; None: all, in order
+        self.seen: Optional[int] = None  # the slots the next forward reads, the new ones included; None: all
         self.even = True  # every row holds as many slots as the others: one index_copy writes them all
         self.at = self.mask = torch.empty(0)  # set by advance() for the layers of one forward
         if self.k.is_cuda:  # a fixed address: a CUDA graph updates the cache in place instead of copying it
@@ -59,7 +61,7 @@ class KVCache:
         length = self.length if self.rows is None else self.length[self.rows]  # (B,)
         start = self.start if self.rows is None else self.start[self.rows]
         self.at = length.unsqueeze(1) + self.slots[:T]  # (B, T)
-        at, slots = self.at.unsqueeze(-1), self.slots
+        at, slots = self.at.unsqueeze(-1), self.slots[:self.seen]
         self.mask = ((slots <= at) & ((slots >= start.view(-1, 1, 1)) | (slots == at))).unsqueeze(1)
         if self.rows is None:
             self.length += T
@@ -69,14 +71,15 @@ class KVCache:
         return (self.at - start.unsqueeze(1)).clamp(min=0)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write a layer's new keys and values (B, n_kv_head, T, hs) at `at`; return every slot of their rows,
-        2 x (B, n_kv_head, max_len, hs)."""
+        """Write a layer's new keys and values (B, n_kv_head, T, hs) at `at`; return the slots the forward reads
+        of their rows, 2 x (B, n_kv_head, seen, hs)."""
         keys, values = self.k[layer], self.v[layer]
         if self.rows is None and self.even:  # every row at the same slots (left padding included)
             keys.index_copy_(2, self.at[0], k)
             values.index_copy_(2, self.at[0], v)
-            return keys, values
-        rows = (torch.arange(k.size(0), device=k.device) if self.rows is None else self.rows).unsqueeze(1)
-        keys[rows, :, self.at] = k.transpose(1, 2)  # indexed (B, T, h, hs): each row at its own slots
-        values[rows, :, self.at] = v.transpose(1, 2)
+        else:
+            rows = (torch.arange(k.size(0), device=k.device) if self.rows is None else self.rows).unsqueeze(1)
+            keys[rows, :, self.at] = k.transpose(1, 2)  # indexed (B, T, h, hs): each row at its own slots
+            values[rows, :, self.at] = v.transpose(1, 2)
+        keys, values = keys[:, :, :self.seen], values[:, :, :self.seen]
         return (keys, values) if self.rows is None else (keys[self.rows], values[self.rows])

@@ -130,6 +130,7 @@ class Engine:
         self._step = compiled_decode_one("reduce-overhead" if self.device.type == "cuda" else "default") \
             if self.compiled else decode_one
         self._next = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # each row's newest token
+        self._used = [0] * rows  # cache slots each row holds (padding included)
         self._generators: dict[int, torch.Generator] = {}  # id(request) -> the generator it samples with
 
     @property
@@ -244,7 +245,9 @@ class Engine:
             return self.model(idx)[0][:, -1]
         which = self._rows(rows)
         self.cache.reset(which, torch.tensor([width - len(w) for w in windows], device=self.device))
-        self.cache.rows = which
+        self.cache.rows, self.cache.seen = which, width
+        for r in rows:
+            self._used[r] = width
         return self.model(idx, cache=self.cache)[0][:, -1]
 
     def _decode(self, rows: list[int]) -> torch.Tensor:
@@ -257,7 +260,10 @@ class Engine:
             if len(padded) > len(rows):  # first, so they never run out of slots (what they write nobody reads)
                 self.cache.reset(torch.tensor(padded[len(rows):], device=self.device))
         which = self._rows(padded)
-        self.cache.rows = which
+        for r in rows:
+            self._used[r] += 1
+        # eager: attention reads the slots written so far; compiled: every slot, one shape for every step
+        self.cache.rows, self.cache.seen = which, None if self.compiled else max(self._used[r] for r in rows)
         logits = self._step(self.model, self._next if which is None else self._next[which], self.cache)
         return logits[: len(rows)]
 

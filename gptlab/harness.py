@@ -162,13 +162,13 @@ class GptlabLM(TemplateLM):
         eos = None if self.eot_token_id < 0 else self.tok.decode([self.eot_token_id])
         stop = None if self.eot_token_id < 0 else self.eot_token_id
         jobs = []
-        for context, gen_kwargs in (req.args for req in requests):
+        for i, (context, gen_kwargs) in enumerate(req.args for req in requests):
             kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             budget = min(kwargs.pop("max_gen_toks"), self.max_length - 1)
             prompt = self.tok_encode(context)[-(self.max_length - budget):] or [self.prefix_token_id]  # as hf does
             jobs.append(Request(prompt, budget, float(kwargs.get("temperature") or 0.0), stop_token=stop,
-                                stop=[u for u in until if u], seed=1234))
+                                stop=[u for u in until if u], seed=1234 + i))  # repeats sample anew
         engine = Engine(self.model, min(self.batch_size, max(1, len(jobs))), self.tok)
         with tqdm(total=len(jobs), desc="generate_until", disable=disable_tqdm or None, leave=False) as bar:
             engine.run(jobs, on_step=lambda advanced: bar.update(sum(r.finished for r in advanced)))

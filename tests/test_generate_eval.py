@@ -15,7 +15,7 @@ from gptlab import eval as gpt_eval
 from gptlab import generate as gpt_generate
 from gptlab.errors import GptlabError
 from gptlab.model import SamplingConfig, complete
-from gptlab.model.engine import _caches
+from gptlab.model.engine import new_cache
 from gptlab.tokenizers import ByteLevelBPE, TokenizerError
 from gptlab.train import train
 
@@ -62,7 +62,7 @@ def test_generate_in_bfloat16_runs_the_model_in_bfloat16(run_dir):
     out = gpt_generate.run(cfg("generate", *common, "dtype=bfloat16"))
     assert len(out) == 1 and out[0].startswith("ROMEO:") and len(out[0]) == 36
     assert complete(loaded.model, loaded.tokenizer, "ROMEO:", SamplingConfig(30, temperature=0)) == [out[0][6:]]
-    assert _caches[loaded.model][0].k.dtype == torch.bfloat16
+    assert new_cache(loaded.model, 1, 8).k.dtype == torch.bfloat16  # the engine's cache follows the weights
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -71,29 +71,36 @@ def decode_one(model: GPT, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor
 
 @functools.cache
 def compiled_decode_one(mode: str) -> Callable[..., torch.Tensor]:
-    return torch.compile(decode_one, mode=mode, fullgraph=True, dynamic=False)
+    # shapes that change from call to call (rows, cache lengths) become dynamic after one recompile
+    return torch.compile(decode_one, mode=mode, fullgraph=True)
 
 
-# a model's cache and the engine that took it last: kept for the next engine of that shape once that one is done
-# (gone or idle), so a compiled step (a CUDA graph) finds the same tensors at the same addresses
+def new_cache(model: GPT, rows: int, max_len: int) -> KVCache:
+    c, w = model.config, model.transformer.wte.weight
+    return KVCache(c.n_layer, rows, c.kv_heads, max_len, c.head_size, w.device, w.dtype)
+
+
+# a compiled engine's cache, kept for the next compiled engine of its model and shape once the last one is gone, so
+# its CUDA graphs find the same tensors at the same addresses
 _caches: "weakref.WeakKeyDictionary[GPT, tuple[KVCache, weakref.ref]]" = weakref.WeakKeyDictionary()
 
 
-def cache_for(model: GPT, engine: "Engine", rows: int, max_len: int) -> KVCache:
-    c, w = model.config, model.transformer.wte.weight
-    cache, owner = _caches.get(model, (None, lambda: None))
-    free = owner() is None or not owner().busy  # type: ignore[union-attr]
+def kept_cache(model: GPT, engine: "Engine", rows: int, max_len: int) -> KVCache:
+    w = model.transformer.wte.weight
+    cache, owner = _caches.get(model, (None, None))
+    free = owner is None or owner() is None
     # an inference-mode tensor cannot be updated outside inference mode: made in one, it serves only there
-    want = ((c.n_layer, rows, c.kv_heads, max_len, c.head_size), w.device, w.dtype, torch.is_inference_mode_enabled())
-    if free and cache is not None and (cache.k.shape, cache.k.device, cache.k.dtype, cache.k.is_inference()) == want:
-        cache.reset()
+    same = cache is not None and (cache.batch, cache.max_len, cache.k.device, cache.k.dtype, cache.k.is_inference()) \
+        == (rows, max_len, w.device, w.dtype, torch.is_inference_mode_enabled())
+    if free and same:
+        cache.reset()  # type: ignore[union-attr]
     else:
         if free:  # the old one freed before the new one is made
             _caches.pop(model, None)
             cache = None
-        cache = KVCache(c.n_layer, rows, c.kv_heads, max_len, c.head_size, w.device, w.dtype)
+        cache = new_cache(model, rows, max_len)
     _caches[model] = (cache, weakref.ref(engine))
-    return cache
+    return cache  # type: ignore[return-value]
 
 
 @contextmanager
@@ -124,14 +131,18 @@ class Engine:
         self.device = model.transformer.wte.weight.device
         self.slots: list[Optional[Request]] = [None] * rows
         self.waiting: deque[Request] = deque()
-        self.max_len = min(max_len or self.block, self.block)
-        self.cache = cache_for(model, self, rows, self.max_len) if use_cache else None
         self.compiled = (self.device.type == "cuda" if compile is None else compile) and use_cache
+        # compiled: every cache of the context's length, so one shape serves every call
+        self.max_len = self.block if self.compiled else min(max_len or self.block, self.block)
+        self.cache: Optional[KVCache] = None
+        if use_cache:
+            self.cache = kept_cache(model, self, rows, self.max_len) if self.compiled else \
+                new_cache(model, rows, self.max_len)
         self._step = compiled_decode_one("reduce-overhead" if self.device.type == "cuda" else "default") \
             if self.compiled else decode_one
         self._next = torch.zeros(rows, 1, dtype=torch.long, device=self.device)  # each row's newest token
         self._used = [0] * rows  # cache slots each row holds (padding included)
-        self._generators: dict[int, torch.Generator] = {}  # id(request) -> the generator it samples with
+        self._generators: dict[Request, torch.Generator] = {}  # the generator each request samples with
 
     @property
     def busy(self) -> bool:
@@ -146,7 +157,7 @@ class Engine:
             raise ValueError("stop strings need an engine with a tokenizer")
         if self.tokenizer is not None:
             request.text = TextStream(self.tokenizer, request.stop)
-        self._generators[id(request)] = request.generator or \
+        self._generators[request] = request.generator or \
             torch.Generator(device=self.device).manual_seed(request.seed)
         self.waiting.append(request)
         return request
@@ -157,6 +168,7 @@ class Engine:
             request.finish = "cancelled"
         if request in self.waiting:
             self.waiting.remove(request)
+            self._generators.pop(request, None)
         self._retire()
 
     def run(self, requests: Sequence[Request], on_step: Optional[Callable[[list[Request]], None]] = None
@@ -277,7 +289,7 @@ class Engine:
         for i, r in enumerate(order):
             q = self.slots[r]
             key = (0.0,) if q.temperature == 0 else \
-                (q.temperature, q.top_k, q.top_p, id(self._generators[id(q)]))  # type: ignore[union-attr]
+                (q.temperature, q.top_k, q.top_p, id(self._generators[q]))  # type: ignore[union-attr]
             groups.setdefault(key, []).append(i)
         out = None if len(groups) == 1 else torch.empty(len(order), 1, dtype=torch.long, device=logits.device)
         for members in groups.values():
@@ -285,7 +297,7 @@ class Engine:
             assert q is not None
             at = None if out is None else torch.tensor(members, device=logits.device)
             picked = sample_next(logits if at is None else logits[at], q.temperature, q.top_k, q.top_p,
-                                 self._generators[id(q)])
+                                 self._generators[q])
             if out is None:
                 return picked
             out[at] = picked
@@ -306,10 +318,7 @@ class Engine:
         for r, req in enumerate(self.slots):
             if req is not None and req.finish is not None:
                 self.slots[r] = None
-                self._generators.pop(id(req), None)
-        for req in self.waiting:
-            if req.finish is not None:
-                self._generators.pop(id(req), None)
+                self._generators.pop(req, None)
 
 
 # -- the front doors ----------------------------------------------------------------------------------------------

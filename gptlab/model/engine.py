@@ -291,17 +291,18 @@ class Engine:
             key = (0.0,) if q.temperature == 0 else \
                 (q.temperature, q.top_k, q.top_p, id(self._generators[q]))  # type: ignore[union-attr]
             groups.setdefault(key, []).append(i)
-        out = None if len(groups) == 1 else torch.empty(len(order), 1, dtype=torch.long, device=logits.device)
-        for members in groups.values():
+        def pick(members: list[int], rows: torch.Tensor) -> torch.Tensor:
             q = self.slots[order[members[0]]]
             assert q is not None
-            at = None if out is None else torch.tensor(members, device=logits.device)
-            picked = sample_next(logits if at is None else logits[at], q.temperature, q.top_k, q.top_p,
-                                 self._generators[q])
-            if out is None:
-                return picked
-            out[at] = picked
-        return out  # type: ignore[return-value]
+            return sample_next(rows, q.temperature, q.top_k, q.top_p, self._generators[q])
+
+        if len(groups) == 1:
+            return pick(next(iter(groups.values())), logits)
+        out = torch.empty(len(order), 1, dtype=torch.long, device=logits.device)
+        for members in groups.values():
+            at = torch.tensor(members, device=logits.device)
+            out[at] = pick(members, logits[at])
+        return out
 
     @staticmethod
     def _record(req: Request, token: int) -> None:
@@ -363,11 +364,10 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
 
 def complete(model: GPT, tokenizer: Tokenizer, prompt: Union[str, Sequence[int], Sequence[Sequence[int]]],
              sampling: SamplingConfig = SamplingConfig(), num_samples: int = 1, seed: int = SEED,
-             on_text: Optional[Callable[[str], None]] = None, stop_token: Optional[int] = None,
-             stop: Sequence[str] = ()) -> list[str]:
+             on_text: Optional[Callable[[str], None]] = None, stop_token: Optional[int] = None) -> list[str]:
     """Continue `prompt` num_samples times (one batch, sampling from one generator seeded with `seed`); return
     each continuation's text (without the prompt), ending before the stop token (default: the tokenizer's
-    end-of-text) or a stop string. on_text: called with each new piece of the first sample's text as it is
+    end-of-text). on_text: called with each new piece of the first sample's text as it is
     written (whole characters), for streaming.
 
     The prompt is text, token ids (a rendered chat, say), or several prompts of ids, each continued once, as one
@@ -388,7 +388,7 @@ def complete(model: GPT, tokenizer: Tokenizer, prompt: Union[str, Sequence[int],
     generator = torch.Generator(device=device).manual_seed(seed)
     stop_token = tokenizer.eot_id if stop_token is None else stop_token
     requests = [Request(r, sampling.max_new_tokens, sampling.temperature, sampling.top_k, sampling.top_p, stop_token,
-                        stop, generator=generator) for r in rows]
+                        generator=generator) for r in rows]
     engine = Engine(model, len(rows), tokenizer, max_len=max(map(len, rows)) + sampling.max_new_tokens,
                     use_cache=sampling.use_cache, compile=sampling.compile)
     first = requests[0]

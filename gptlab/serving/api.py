@@ -299,13 +299,11 @@ def usage(plan: Plan) -> dict:
 
 def response(served: Served, plan: Plan) -> dict:
     """The whole answer (stream=false)."""
-    texts = [r.text.text for r in plan.requests]  # type: ignore[union-attr]
-    if plan.chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                    "finish_reason": finish_reason(r)} for i, (t, r) in enumerate(zip(texts, plan.requests))]
-    else:
-        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": finish_reason(r)}
-                   for i, (t, r) in enumerate(zip(texts, plan.requests))]
+    choices = []
+    for i, r in enumerate(plan.requests):
+        text = r.text.text  # type: ignore[union-attr]
+        content = {"message": {"role": "assistant", "content": text}} if plan.chat else {"text": text}
+        choices.append({"index": i, **content, "logprobs": None, "finish_reason": finish_reason(r)})
     return {"id": plan.id, "object": "chat.completion" if plan.chat else "text_completion",
             "created": plan.created, "model": served.name, "choices": choices, "usage": usage(plan)}
 

@@ -12,6 +12,9 @@ A checkpoint is Lightning's file (`state_dict` with `model.*` keys, optimizer an
                                   # interpolations kept (${paths.output_dir} means the reader's folder); data.path
                                   # absolute; paths, ckpt_path and hydra left out
 
+A run of objective=grpo also keeps `reference_state_dict`: the weights it started from, the model its KL is measured
+against (loaders ignore it).
+
 `load` checks the format: format 1 (gptlab 0.1, settings in Lightning's `hyper_parameters`) is converted
 on the fly; a newer format than this gptlab knows is refused in one line.
 """
@@ -31,6 +34,7 @@ from gptlab.rundir import find_checkpoint
 from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = 2
+REFERENCE = "reference_state_dict"  # an RL run's start weights, beside Lightning's state_dict
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # for inference
 
 

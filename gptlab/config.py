@@ -2,7 +2,7 @@
 
 Each configured object has one typed spec beside its owner, holding its defaults: `GPTConfig`
 (model/gpt.py), `DataConfig` (data/datamodule.py), the tokenizers' `settings` (tokenizers/), `TrainerConfig`
-(lit/trainer.py), `AdamWConfig` (lit/optim.py), `WarmupCosine` (lit/schedule.py), `SamplingConfig`
+(lit/trainer.py), `GRPOConfig` (lit/rl.py), `AdamWConfig` (lit/optim.py), `WarmupCosine` (lit/schedule.py), `SamplingConfig`
 (model/sampling.py). The schemas Hydra checks while composing are those classes themselves; the YAML
 files under conf/ state only what differs from them. Nodes whose type depends on a choice (tokenizer by
 `kind`, optim by `_target_`) get the schema of their option (`DEFAULT_OPTIONS`), and every node is
@@ -33,6 +33,7 @@ from gptlab.checkpoint import DTYPES
 from gptlab.data import KINDS, DataConfig
 from gptlab.errors import GptlabError
 from gptlab.lit.optim import AdamWConfig, MuonConfig
+from gptlab.lit.rl import GRPOConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.lit.trainer import TrainerConfig, parse_duration
 from gptlab.model import SEED, GPTConfig, SamplingConfig
@@ -69,6 +70,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: Any = MISSING  # a _partial_ optimizer: called with the parameter groups
     scheduler: Any = MISSING  # a _partial_ lr schedule
+    objective: Any = None  # None: next-token prediction (pretraining, SFT); objective=grpo: GRPOConfig (lit/rl.py)
     callbacks: Any = None  # name -> a callback config with _target_
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -220,6 +222,7 @@ DEFAULT_OPTIONS: dict[tuple[str, str], type] = {
     ("optim", "muon"): with_target(MuonConfig, "gptlab.lit.optim.MuonWithAdamW"),
     ("scheduler", "warmup_cosine"): with_target(WarmupCosine, "gptlab.lit.schedule.WarmupCosine"),
     **{("tokenizer", kind): cls.settings for kind, cls in TOKENIZERS.items()},
+    ("objective", "grpo"): GRPOConfig,
 }
 
 

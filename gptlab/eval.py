@@ -104,7 +104,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     """Conversations: the loss on the answer tokens (as the run's validation computes it) and the exact-match
     accuracy of greedy answers, every assistant turn answered from the conversation before it."""
     from gptlab.data import chat
-    from gptlab.model.chat import fit, greedy_answers, room
+    from gptlab.model.chat import greedy_answers
     from gptlab.tokenizers.chat import has_template
 
     tok, model = loaded.tokenizer, loaded.model
@@ -123,20 +123,12 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     trainer = validator(device, trained.precision)
     (metrics,) = trainer.validate(module, dataloaders=chat.loader(rows, cfg.data.batch_size or 64), verbose=False)
 
-    questions, gold, budgets, owner = [], [], [], []
-    for n, c in enumerate(convs):
-        for k, m in enumerate(c.messages):
-            if m["role"] == "assistant" and k > 0:
-                budget = len(tok.encode(m["content"])) + 1  # the answer, then <|end|>: a longer one is wrong
-                ids, _ = fit(tok, c.messages[:k], room(block, budget))  # the oldest turns go, as in a chat
-                questions.append(ids)
-                gold.append(m["content"])
-                budgets.append(budget)
-                owner.append(n)
+    asked = chat.questions(tok, convs, block)  # each answer's budget: the data's answer and <|end|>
+    questions, gold, owner = [q.prompt for q in asked], [q.reference for q in asked], [q.conversation for q in asked]
     model.to(device)
     with tqdm(total=len(questions), desc="answers", unit="answer", disable=None, leave=False) as bar:
-        answers = greedy_answers(model, tok, questions, budgets, batch_size=cfg.data.batch_size or 64,
-                                 on_done=bar.update)
+        answers = greedy_answers(model, tok, questions, [q.budget for q in asked],
+                                 batch_size=cfg.data.batch_size or 64, on_done=bar.update)
     right = [a == g for a, g in zip(answers, gold)]
     all_right = {n: True for n in owner}
     for n, ok in zip(owner, right):

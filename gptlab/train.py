@@ -28,7 +28,9 @@ from gptlab.config import (OPTIMIZERS, SCHEDULES, check_top_level, flat, partial
 from gptlab.data import DataConfig, make_datamodule
 from gptlab.devices import auto_compile, check_cpu_compile, lightning_device
 from gptlab.errors import GptlabError
+from gptlab.data.rewards import load_reward
 from gptlab.lit import GPTLitModule
+from gptlab.lit.rl import GRPOConfig, GRPOModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBudget
 from gptlab.lit.optim import orthogonalises
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops_on_signals
@@ -68,11 +70,14 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
         check_cpu_compile()
     scheduler = partial_of(cfg.scheduler, "scheduler", SCHEDULES)
     tokenizer = begun.tokenizer or dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
+    objective = to_spec(GRPOConfig, cfg.objective, "objective") if cfg.objective is not None else None
     datamodule = make_datamodule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
-                                 cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
-    module = GPTLitModule(model_spec, optimizer=optimizer, scheduler=scheduler, compile=compiled,
-                          run_config=run_config(cfg), tokenizer=begun.tokenizer,
-                          gpt=begun.model if begun.weights else None)
+                                 cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir,
+                                 answer_budget=objective.max_new_tokens if objective else None)
+    parts = dict(model=model_spec, optimizer=optimizer, scheduler=scheduler, compile=compiled,
+                 run_config=run_config(cfg), tokenizer=begun.tokenizer, gpt=begun.model if begun.weights else None)
+    module = GPTLitModule(**parts) if objective is None else \
+        GRPOModule(objective, load_reward(objective.reward), cfg.seed, **parts)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     callbacks = [c for c in callbacks if c is not None]  # a factory may have nothing to add (no clock saves)
     end_tokens = cfg.sample_tokens + sum(c.sampling.max_new_tokens for c in callbacks if isinstance(c, TextSamples))
@@ -163,6 +168,9 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
     loss = metrics.get("val/loss", math.nan)
     print(f"\nstep {trainer.global_step}: val/loss {loss:.4f}  val/bpc {metrics.get('val/bpc', math.nan):.4f}  "
           f"val/bpb {metrics.get('val/bpb', math.nan):.4f}")
+    judged = [f"{k} {v:.1%}" for k, v in metrics.items() if k.startswith(("val/exact_match", "val/pass@"))]
+    if judged:  # objective=grpo: the held-out answers it judged
+        print(f"held-out answers: {'  '.join(judged)}")
     if trainer.fast_dev_run and cli.remove_if_unused(cfg):  # a smoke test: nothing in its folder to keep
         print("run dir:         (none: debug=fast keeps nothing, its folder was removed)")
     else:

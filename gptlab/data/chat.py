@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from gptlab.data.datamodule import DataConfig
 from gptlab.data.sources import DataError
 from gptlab.data.windows import BatchStream, stream_start
+from gptlab.model.chat import fit, room
 from gptlab.tokenizers import Tokenizer, TokenizerError, train_tokenizer
 from gptlab.tokenizers.chat import ROLES, Message, chat_tokenizer, render
 
@@ -132,6 +133,42 @@ def split(path: Union[str, Path], val_fraction: float) -> tuple[list[Conversatio
     return train, val, f"every {k}th conversation to val"
 
 
+@dataclass
+class Question:
+    """An answer of the data, to be given again: the conversation before it, rendered as the prompt a chat would
+    give (`model.chat.fit`), and the data's answer as the reference. What eval's exact match and RL judge."""
+
+    prompt: list[int]  # ids ending in <|assistant|>
+    messages: list[Message]  # the conversation before the answer, as the data has it
+    reference: str  # the data's answer
+    budget: int  # the most tokens the answer may take
+    conversation: int  # the index of its conversation
+    task: Optional[str] = None
+    where: str = ""
+
+
+def questions(tokenizer: Tokenizer, convs: Sequence[Conversation], block_size: int,
+              max_new_tokens: Optional[int] = None) -> list[Question]:
+    """Every assistant turn but an opening one, with the conversation before it; the answer's budget is
+    max_new_tokens, or (None) its reference's tokens and <|end|> (a longer answer is wrong anyway)."""
+    out = []
+    for n, c in enumerate(convs):
+        for k, m in enumerate(c.messages):
+            if m["role"] == "assistant" and k > 0:
+                budget = max_new_tokens or len(tokenizer.encode(m["content"])) + 1
+                ids, _ = fit(tokenizer, c.messages[:k], room(block_size, budget))  # the oldest turns go, as in a chat
+                out.append(Question(ids, list(c.messages[:k]), m["content"], budget, n, c.task, c.where))
+    return out
+
+
+def check_room(questions: Sequence[Question], block_size: int) -> None:
+    """Every prompt leaves the context room for an answer; else one line naming the first that does not."""
+    for q in questions:
+        if len(q.prompt) >= block_size:
+            raise DataError(f"{q.where}: a prompt takes {len(q.prompt)} tokens and the context holds {block_size}, "
+                            "leaving no room for its answer: shorten it, or raise model.block_size")
+
+
 # --- tokens ------------------------------------------------------------------------------------------------
 
 def chat_vocabulary(spec: Union[dict, Tokenizer], convs: Sequence[Conversation]) -> Tokenizer:
@@ -222,6 +259,18 @@ class RandomConversations(BatchStream):
         return pad(self.rows, drawn[k * self.batch_size : (k + 1) * self.batch_size].tolist())
 
 
+class RandomQuestions(BatchStream):
+    """An endless stream of batches of question indices (objective=grpo's prompts), batch i a pure function of
+    (seed, rank, i), as RandomConversations'."""
+
+    def __init__(self, count: int, batch_size: int, seed: int, rank: int = 0, start_batch: int = 0) -> None:
+        self.count, self.batch_size, self.seed, self.rank, self.start_batch = count, batch_size, seed, rank, start_batch
+
+    def batch(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        rng = np.random.default_rng([self.seed, self.rank, i])
+        return torch.from_numpy(rng.integers(0, self.count, size=self.batch_size))
+
+
 class OrderedConversations(Dataset):
     """Every row once, in order, batch_size at a time: validation and evaluation."""
 
@@ -255,7 +304,8 @@ class ChatDataModule(L.LightningDataModule):
     """
 
     def __init__(self, config: DataConfig, tokenizer: Union[dict, Tokenizer], block_size: int, seed: int,
-                 cache_dir: Union[str, Path, None] = None, data_dir: Optional[str] = None) -> None:
+                 cache_dir: Union[str, Path, None] = None, data_dir: Optional[str] = None,
+                 answer_budget: Optional[int] = None) -> None:
         super().__init__()
         if not config.path:
             raise DataError("data=chat needs data.path=FILE_OR_FOLDER: a .jsonl file of conversations, or a folder "
@@ -264,6 +314,10 @@ class ChatDataModule(L.LightningDataModule):
         self.train_rows: Optional[Rows] = None
         self.val_rows: Optional[Rows] = None
         self.val_conversations: list[Conversation] = []
+        # objective=grpo: training batches are prompts (question indices), answered up to answer_budget tokens
+        self.answer_budget = answer_budget
+        self.train_questions: list[Question] = []
+        self.val_questions: list[Question] = []
         self._tokenizer: Optional[Tokenizer] = None
         self.summary = ""
 
@@ -286,9 +340,16 @@ class ChatDataModule(L.LightningDataModule):
                 raise DataError(f"no {name} conversation fits the model's context of {limit} tokens: raise "
                                 "model.block_size, or use data.overflow=truncate")
         self.summary = summary(self.train_rows, self.val_rows, how, limit, self.config.overflow)
+        if self.answer_budget is not None:
+            self.train_questions = questions(self._tokenizer, train, self.block_size, self.answer_budget)
+            self.val_questions = questions(self._tokenizer, val, self.block_size, self.answer_budget)
+            check_room(self.train_questions + self.val_questions, self.block_size)
+            self.summary += f"; {len(self.train_questions):,} train prompts"
 
     def describe(self) -> str:
         """The data in one line, for the start of a run."""
+        if self.answer_budget is not None:
+            return f"{self.summary}; {self.config.batch_size} a step"
         return f"{self.summary}; batches of {self.config.batch_size} padded to their longest"
 
     @property
@@ -304,7 +365,10 @@ class ChatDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_rows is not None
         start, rank = stream_start(self.trainer)
-        ds = RandomConversations(self.train_rows, self.config.batch_size, self.seed, rank, start)
+        if self.answer_budget is not None:
+            ds: BatchStream = RandomQuestions(len(self.train_questions), self.config.batch_size, self.seed, rank, start)
+        else:
+            ds = RandomConversations(self.train_rows, self.config.batch_size, self.seed, rank, start)
         return DataLoader(ds, batch_size=None, num_workers=self.config.num_workers,
                           persistent_workers=self.config.num_workers > 0)
 

@@ -181,7 +181,7 @@ class TimeBudget(Callback):
         self._last = (now, step)  # the first step (allocation, compiling) is not timed
         if self._step_s is None:
             return
-        tokens = batch[0].numel()
+        tokens = pl_module.batch_tokens(batch)[0]
         free = self.deadline - now - self._final_work_s(trainer, pl_module, tokens)  # type: ignore[operator]
         schedule = getattr(pl_module, "schedule", None)
         if trainer.max_steps <= 0 and schedule is not None:
@@ -235,7 +235,8 @@ class Throughput(Callback):
             self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.tokens += batch[0].numel() * trainer.world_size
+        tokens, width = pl_module.batch_tokens(batch)
+        self.tokens += tokens * trainer.world_size
         if (trainer.global_step % trainer.log_every_n_steps == 0) and trainer.global_step > 0 and self.t0:
             seconds = time.perf_counter() - self.t0
             rate = self.tokens / seconds
@@ -243,7 +244,7 @@ class Throughput(Callback):
             pl_module.log("perf/tokens_per_s", rate, rank_zero_only=True)
             pl_module.log("perf/run_tokens_per_s", self.run_tokens / self.run_seconds, rank_zero_only=True)
             if self.peak:
-                flops = pl_module.model.flops_per_token(batch[0].size(1)) * rate
+                flops = pl_module.model.flops_per_token(width) * rate
                 pl_module.log("perf/mfu", flops / (self.peak * trainer.world_size), rank_zero_only=True)
             self.t0, self.tokens = time.perf_counter(), 0
 
@@ -410,7 +411,7 @@ class LineProgressBar(ProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        self._pace.update(batch[0].numel() * trainer.world_size, step)
+        self._pace.update(pl_module.batch_tokens(batch)[0] * trainer.world_size, step)
         self._set_phase(f"step {step + 1:,} under way")
         if not self.is_enabled or step == 0:
             return
@@ -466,7 +467,7 @@ class StepsBar(TQDMProgressBar):
         return metrics
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens_per_batch = batch[0].numel() * trainer.world_size
+        self._tokens_per_batch = pl_module.batch_tokens(batch)[0] * trainer.world_size
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 

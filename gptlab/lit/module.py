@@ -86,6 +86,10 @@ class GPTLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def batch_tokens(self, batch: Any) -> tuple[int, int]:
+        """(tokens, the width of its rows) a training batch put through the model, for the throughput figures."""
+        return batch[0].numel(), batch[0].size(1)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits, loss = self(x, y)  # with the targets, as in training: a compiled model reuses its graph

@@ -53,6 +53,19 @@ def test_requests_arriving_at_different_steps_each_get_their_answer_alone(levers
     assert len({tuple(e) for e in expected}) == len(expected)  # the answers differ
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_under_autocast_the_cache_takes_autocasts_dtype_and_rows_decode_alone(attention):
+    """bf16-mixed training decodes inside the step's autocast (RL's rollouts): keys and values come in bfloat16."""
+    m = lively(attention=attention, bias=True)
+    requests = [Request([1, 2, 3, 4, 5][: n], 6, seed=n) for n in range(1, 6)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = [alone(m, Request(r.prompt, r.max_new_tokens, seed=r.seed)) for r in requests]
+        engine = Engine(m, rows=2)
+        engine.run(requests)  # 2 rows for 5 requests: rows are read and decoded apart
+    assert engine.cache.k.dtype == torch.bfloat16
+    assert [r.tokens for r in requests] == expected
+
+
 def test_a_cancelled_request_frees_its_row_at_once_and_a_stop_token_ends_one():
     m = lively()
     engine = Engine(m, rows=1)

@@ -405,7 +405,7 @@ class LineProgressBar(ProgressBar):
         compiling = getattr(pl_module, "compile", False)
         self._set_phase("compiling the model and taking the first step" if compiling else "taking the first step")
 
-    def _metrics(self, trainer, pl_module, prefix: str) -> str:
+    def _metrics(self, trainer, pl_module, prefix: Union[str, tuple[str, ...]]) -> str:
         return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith(prefix))
 
@@ -426,7 +426,7 @@ class LineProgressBar(ProgressBar):
             total = f"/{trainer.max_steps:,}" if trainer.max_steps > 0 else ""
             eta = self._pace.eta(trainer, step)
             left = f"  ETA {_duration(eta)}" if eta is not None else ""
-            self._print(f"step {step:,}{total}  {self._metrics(trainer, pl_module, 'train')}  {tokens_s:,.0f} tok/s"
+            self._print(f"step {step:,}{total}  {self._metrics(trainer, pl_module, ('train', 'rl'))}  {tokens_s:,.0f} tok/s"
                         f"{left}")
 
     def on_validation_start(self, trainer, pl_module) -> None:

@@ -170,7 +170,7 @@ class GRPOModule(GPTLitModule):
             taught = [(questions[0], groups[0][0], 0.0)]
         loss, stats = self.update([(q.prompt, r.tokens, a) for q, r, a in taught])
         exact = [[r.text.text == q.reference for r in g] for q, g in zip(questions, groups)]  # type: ignore
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("rl/loss", loss, prog_bar=True)  # not train/loss: a policy gradient's, not a likelihood
         self.log("rl/reward", rewards.mean(), prog_bar=True)
         self.log_dict({"rl/any_exact": float(np.mean([any(e) for e in exact])),
                        "rl/trained_groups": float((adv.abs().amax(dim=1) > 0).float().mean()),

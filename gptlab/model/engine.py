@@ -77,7 +77,9 @@ def compiled_decode_one(mode: str) -> Callable[..., torch.Tensor]:
 
 def new_cache(model: GPT, rows: int, max_len: int) -> KVCache:
     c, w = model.config, model.transformer.wte.weight
-    return KVCache(c.n_layer, rows, c.kv_heads, max_len, c.head_size, w.device, w.dtype)
+    # under autocast (bf16-mixed training's samples and rollouts) keys and values come in autocast's dtype
+    dtype = torch.get_autocast_dtype(w.device.type) if torch.is_autocast_enabled(w.device.type) else w.dtype
+    return KVCache(c.n_layer, rows, c.kv_heads, max_len, c.head_size, w.device, dtype)
 
 
 # a compiled engine's cache, kept for the next compiled engine of its model and shape once the last one is gone, so

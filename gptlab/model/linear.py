@@ -15,7 +15,8 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype != torch.float32 \
-                or torch.is_grad_enabled():  # compiled: its own kernels; bf16 products are parallel already
+                or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):  # compiled: its own kernels;
+            # bf16 products (autocast's too) are parallel already
             return super().forward(x)
         n, rows, (out, C) = torch.get_num_threads(), x.numel() // x.size(-1), self.weight.shape
         if n == 1 or rows > 16 or out < 8 * n:

@@ -1,6 +1,6 @@
 """Loss curves of runs: read from their TensorBoard logs, drawn as one PNG (val/loss and train/loss against steps
-and against wall time, a line per run labelled by its overrides); a lever study's arms as bars. Needs matplotlib
-(the `viz` extra)."""
+and against wall time, a line per run labelled by its overrides; an RL run's reward and held-out exact match in a
+third panel); a lever study's arms as bars. Needs matplotlib (the `viz` extra)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from gptlab.errors import GptlabError
 
 TAGS = ("val/loss", "train/loss")
+RL_TAGS = ("val/exact_match", "rl/reward")  # objective=grpo's: what it is rewarded, and what it gets right
 
 
 @dataclass
@@ -33,7 +34,7 @@ def read_curves(log_dir: Path, label: str) -> Curves:
         events.Reload()
     finally:
         chatter.setLevel(level)
-    points = {tag: events.Scalars(tag) for tag in TAGS if tag in events.Tags()["scalars"]}
+    points = {tag: events.Scalars(tag) for tag in TAGS + RL_TAGS if tag in events.Tags()["scalars"]}
     start = min((p[0].wall_time for p in points.values() if p), default=0.0)  # the run's first logged step
     series = {tag: ([p.step for p in ps], [p.wall_time - start for p in ps], [p.value for p in ps])
               for tag, ps in points.items()}
@@ -75,9 +76,13 @@ def save_ablation_bars(names: list[str], means: list[float], half_spreads: list[
 
 
 def save_curves(runs: list[Curves], path: Path, title: str = "") -> Path:
-    """Two panels, val/loss (thick) and train/loss (thin, faint) against steps and against wall time."""
-    fig = figure(12, 4.8)
-    by_step, by_time = fig.subplots(1, 2, sharey=True)
+    """Two panels, val/loss (thick) and train/loss (thin, faint) against steps and against wall time; RL runs add a
+third, their held-out exact match (thick) and mean reward (thin) against steps."""
+    rl = any(tag in run.series for run in runs for tag in RL_TAGS)
+    fig = figure(18 if rl else 12, 4.8)
+    panels = fig.subplots(1, 3 if rl else 2)
+    by_step, by_time = panels[:2]
+    by_time.sharey(by_step)
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
         for tag, width, alpha in (("train/loss", 0.8, 0.35), ("val/loss", 2.0, 1.0)):
@@ -86,6 +91,13 @@ def save_curves(runs: list[Curves], path: Path, title: str = "") -> Path:
                 label = run.label if tag == "val/loss" else None
                 by_step.plot(steps, values, color=color, lw=width, alpha=alpha, label=label)
                 by_time.plot(seconds, values, color=color, lw=width, alpha=alpha)
+        if rl:
+            for tag, width, alpha in (("rl/reward", 0.8, 0.35), ("val/exact_match", 2.0, 1.0)):
+                if tag in run.series:
+                    panels[2].plot(run.series[tag][0], run.series[tag][2], color=color, lw=width, alpha=alpha)
+    if rl:
+        panels[2].set(xlabel="step", ylabel="thick: held-out exact match; thin: mean reward")
+        panels[2].grid(alpha=0.3)
     by_step.set(xlabel="step", ylabel="loss (nats per token; thick: val, thin: train)")
     by_time.set(xlabel="wall time of training (s)")
     for ax in (by_step, by_time):

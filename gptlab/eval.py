@@ -123,7 +123,7 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
     trainer = validator(device, trained.precision)
     (metrics,) = trainer.validate(module, dataloaders=chat.loader(rows, cfg.data.batch_size or 64), verbose=False)
 
-    asked = chat.questions(tok, convs, block)  # each answer's budget: the data's answer and <|end|>
+    asked = chat.questions(tok, convs, block)
     questions, gold, owner = [q.prompt for q in asked], [q.reference for q in asked], [q.conversation for q in asked]
     model.to(device)
     with tqdm(total=len(questions), desc="answers", unit="answer", disable=None, leave=False) as bar:

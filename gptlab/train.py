@@ -73,7 +73,7 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
     objective = to_spec(GRPOConfig, cfg.objective, "objective") if cfg.objective is not None else None
     datamodule = make_datamodule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
                                  cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir,
-                                 answer_budget=objective.max_new_tokens if objective else None)
+                                 questions=objective is not None)
     parts = dict(model=model_spec, optimizer=optimizer, scheduler=scheduler, compile=compiled,
                  run_config=run_config(cfg), tokenizer=begun.tokenizer, gpt=begun.model if begun.weights else None)
     module = GPTLitModule(**parts) if objective is None else \

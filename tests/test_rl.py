@@ -85,10 +85,12 @@ def test_questions_are_every_answer_with_the_conversation_before_it(tmp_path):
         {"role": "user", "content": "1 + 2?"}, {"role": "assistant", "content": "3"},
         {"role": "user", "content": "add 4"}, {"role": "assistant", "content": "7"}]}) + "\n")
     tok = chat_tokenizer(CharTokenizer.train(CHARS))
-    qs = questions(tok, read_conversations(path), block_size=64, max_new_tokens=8)
+    qs = questions(tok, read_conversations(path), block_size=64)
     assert [q.reference for q in qs] == ["3", "7"] and [len(q.messages) for q in qs] == [1, 3]
     assert qs[1].prompt[-1] == tok.special_tokens["<|assistant|>"] and qs[1].task == "add"
-    assert qs[1].where.endswith("t.jsonl:1") and [q.budget for q in qs] == [8, 8]
+    assert qs[1].where.endswith("t.jsonl:1") and [q.budget for q in qs] == [2, 2]  # "3" or "7", then <|end|>
+    first_turn_gone = questions(tok, read_conversations(path), block_size=16)[1]  # 1 + 2?, 3 no longer fit
+    assert first_turn_gone.messages == qs[1].messages and len(first_turn_gone.prompt) < len(qs[1].prompt)
 
 
 def test_rewards_are_numbers_or_one_line_naming_the_function_and_the_answer(tmp_path, monkeypatch):

@@ -34,12 +34,12 @@ def __getattr__(name: str) -> Any:
 
 
 def make_datamodule(config: DataConfig, tokenizer: Any, block_size: int, seed: int, cache_dir: Any,
-                    data_dir: Any = None, answer_budget: Any = None) -> Any:
-    """The DataModule of config.kind: TextDataModule (windows) or ChatDataModule (conversations; with answer_budget,
-    prompts to answer, for objective=grpo)."""
+                    data_dir: Any = None, questions: bool = False) -> Any:
+    """The DataModule of config.kind: TextDataModule (windows) or ChatDataModule (conversations; with questions=True,
+    the questions they ask, for objective=grpo)."""
     if config.kind == "chat":
-        return __getattr__("ChatDataModule")(config, tokenizer, block_size, seed, cache_dir, data_dir, answer_budget)
-    if answer_budget is not None:
+        return __getattr__("ChatDataModule")(config, tokenizer, block_size, seed, cache_dir, data_dir, questions)
+    if questions:
         raise __getattr__("DataError")("objective=grpo learns from conversations whose answers can be checked: use data=chat "
                         "data.path=FILE_OR_FOLDER (scripts/make_tasks.py writes one)")
     return __getattr__("TextDataModule")(config, tokenizer, block_size, seed, cache_dir, data_dir)

@@ -141,21 +141,20 @@ class Question:
     prompt: list[int]  # ids ending in <|assistant|>
     messages: list[Message]  # the conversation before the answer, as the data has it
     reference: str  # the data's answer
-    budget: int  # the most tokens the answer may take
+    budget: int  # the data's answer and <|end|>: the most tokens a right answer takes
     conversation: int  # the index of its conversation
     task: Optional[str] = None
     where: str = ""
 
 
-def questions(tokenizer: Tokenizer, convs: Sequence[Conversation], block_size: int,
-              max_new_tokens: Optional[int] = None) -> list[Question]:
-    """Every assistant turn but an opening one, with the conversation before it; the answer's budget is
-    max_new_tokens, or (None) its reference's tokens and <|end|> (a longer answer is wrong anyway)."""
+def questions(tokenizer: Tokenizer, convs: Sequence[Conversation], block_size: int) -> list[Question]:
+    """Every assistant turn but an opening one, with the conversation before it, kept to the room an answer as long
+    as the data's (and its <|end|>) needs: the budget exact match gives it (a longer answer is wrong anyway)."""
     out = []
     for n, c in enumerate(convs):
         for k, m in enumerate(c.messages):
             if m["role"] == "assistant" and k > 0:
-                budget = max_new_tokens or len(tokenizer.encode(m["content"])) + 1
+                budget = len(tokenizer.encode(m["content"])) + 1
                 ids, _ = fit(tokenizer, c.messages[:k], room(block_size, budget))  # the oldest turns go, as in a chat
                 out.append(Question(ids, list(c.messages[:k]), m["content"], budget, n, c.task, c.where))
     return out
@@ -305,7 +304,7 @@ class ChatDataModule(L.LightningDataModule):
 
     def __init__(self, config: DataConfig, tokenizer: Union[dict, Tokenizer], block_size: int, seed: int,
                  cache_dir: Union[str, Path, None] = None, data_dir: Optional[str] = None,
-                 answer_budget: Optional[int] = None) -> None:
+                 serve_questions: bool = False) -> None:
         super().__init__()
         if not config.path:
             raise DataError("data=chat needs data.path=FILE_OR_FOLDER: a .jsonl file of conversations, or a folder "
@@ -314,8 +313,8 @@ class ChatDataModule(L.LightningDataModule):
         self.train_rows: Optional[Rows] = None
         self.val_rows: Optional[Rows] = None
         self.val_conversations: list[Conversation] = []
-        # objective=grpo: training batches are prompts (question indices), answered up to answer_budget tokens
-        self.answer_budget = answer_budget
+        # objective=grpo: training batches are questions (their indices) to answer, not rows to learn
+        self.serve_questions = serve_questions
         self.train_questions: list[Question] = []
         self.val_questions: list[Question] = []
         self._tokenizer: Optional[Tokenizer] = None
@@ -340,15 +339,15 @@ class ChatDataModule(L.LightningDataModule):
                 raise DataError(f"no {name} conversation fits the model's context of {limit} tokens: raise "
                                 "model.block_size, or use data.overflow=truncate")
         self.summary = summary(self.train_rows, self.val_rows, how, limit, self.config.overflow)
-        if self.answer_budget is not None:
-            self.train_questions = questions(self._tokenizer, train, self.block_size, self.answer_budget)
-            self.val_questions = questions(self._tokenizer, val, self.block_size, self.answer_budget)
+        if self.serve_questions:  # prompts as eval's exact match gives them
+            self.train_questions = questions(self._tokenizer, train, self.block_size)
+            self.val_questions = questions(self._tokenizer, val, self.block_size)
             check_room(self.train_questions + self.val_questions, self.block_size)
-            self.summary += f"; {len(self.train_questions):,} train prompts"
+            self.summary += f"; {len(self.train_questions):,} train questions"
 
     def describe(self) -> str:
         """The data in one line, for the start of a run."""
-        if self.answer_budget is not None:
+        if self.serve_questions:
             return f"{self.summary}; {self.config.batch_size} a step"
         return f"{self.summary}; batches of {self.config.batch_size} padded to their longest"
 
@@ -365,7 +364,7 @@ class ChatDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_rows is not None
         start, rank = stream_start(self.trainer)
-        if self.answer_budget is not None:
+        if self.serve_questions:
             ds: BatchStream = RandomQuestions(len(self.train_questions), self.config.batch_size, self.seed, rank, start)
         else:
             ds = RandomConversations(self.train_rows, self.config.batch_size, self.seed, rank, start)

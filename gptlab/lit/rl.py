@@ -191,13 +191,14 @@ class GRPOModule(GPTLitModule):
             f"{self.trainer.default_root_dir}" if saved else ""
         raise RewardError(f"{error} at step {step}{where}") from None
 
-    def answers(self, q: Question, n: int, generator: Optional[torch.Generator], greedy: bool = False
-                ) -> list[Request]:
-        """n requests for answers to q, within the context (an answer never slides the window, so the update reads
-        exactly what was sampled)."""
+    def answers(self, q: Question, n: int, generator: Optional[torch.Generator], judged: bool = False,
+                greedy: bool = False) -> list[Request]:
+        """n requests for answers to q: sampled (or greedy), up to max_new_tokens within the context (an answer never
+        slides the window, so the update scores exactly what was sampled); judged: up to the data's answer's length,
+        as `gptlab eval` judges."""
         assert self.model is not None and self.tokenizer is not None
-        budget = min(self.objective.max_new_tokens, self.model.config.block_size + 1 - len(q.prompt))
         o = self.objective
+        budget = min(q.budget if judged else o.max_new_tokens, self.model.config.block_size + 1 - len(q.prompt))
         return [Request(q.prompt, budget, 0.0 if greedy else o.temperature, None if greedy else o.top_k,
                         stop_token=end_id(self.tokenizer), generator=generator) for _ in range(n)]
 
@@ -230,7 +231,8 @@ class GRPOModule(GPTLitModule):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if self.objective.val_questions and not self.trainer.sanity_checking:
-            self.log_dict({f"val/{k}": v for k, v in self.judge().items()}, prog_bar=True)
+            # (summed over the ranks in judge: sync_dist only tells Lightning so)
+            self.log_dict({f"val/{k}": v for k, v in self.judge().items()}, prog_bar=True, sync_dist=True)
 
     def judge(self) -> dict[str, float]:
         try:
@@ -240,15 +242,16 @@ class GRPOModule(GPTLitModule):
 
     @torch.no_grad()
     def _judge(self) -> dict[str, float]:
-        """Held-out answers (objective.val_questions of the val split, this rank's share): greedy exact match
-        (pass@1 at temperature 0, as `gptlab eval` judges), its mean reward, and pass@k (any of `samples` sampled
-        answers exact). The same samples at every validation (seeded by the question), so the figures compare."""
+        """Held-out answers (objective.val_questions of the val split, this rank's share), each held to the length of
+        the data's answer as `gptlab eval` judges: greedy exact match (pass@1 at temperature 0), the mean reward of
+        those answers, and pass@k (any of `samples` sampled answers exact). The same samples at every validation
+        (seeded by the question), so the figures compare."""
         assert self.model is not None and self.tokenizer is not None
         world, rank = self.trainer.world_size, self.trainer.global_rank
         questions = self._judged[rank::world]
         k = self.objective.samples
-        greedy = [self.answers(q, 1, None, greedy=True)[0] for q in questions]
-        sampled = [self.answers(q, k, seeded(self.seed, VALIDATION, i * world + rank, device=self.device))
+        greedy = [self.answers(q, 1, None, judged=True, greedy=True)[0] for q in questions]
+        sampled = [self.answers(q, k, seeded(self.seed, VALIDATION, i * world + rank, device=self.device), judged=True)
                    for i, q in enumerate(questions)]
         requests = greedy + [r for g in sampled for r in g]
         if requests:

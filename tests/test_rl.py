@@ -173,6 +173,10 @@ def test_a_reward_that_favours_one_answer_makes_the_model_give_it(start, tmp_pat
     for tag in ("rl/reward", "rl/any_exact", "rl/trained_groups", "rl/answer_tokens", "rl/entropy", "rl/kl"):
         assert len(events.Scalars(tag)) >= 1, tag
     assert events.Scalars("rl/kl")[-1].value > 0  # it moved away from the start model
+    from gptlab.viz.curves import read_curves
+
+    drawn = read_curves(logs.parent, "rl").series  # what `gptlab plot` draws: reward and exact match by step
+    assert drawn["val/exact_match"][0][0] == 0 and len(drawn["rl/reward"][0]) >= 1
 
 
 def test_a_resumed_rl_run_ends_as_an_uninterrupted_one(start, tmp_path, cache_dir, favour):
@@ -220,6 +224,16 @@ def test_bad_rl_settings_are_one_line_before_anything_runs(start, tmp_path, cach
     with pytest.raises(GptlabError, match=message):
         rl(start, tmp_path / "run", cache_dir, "trainer.max_steps=2", *overrides)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_reward_that_fails_on_the_first_answer_stops_the_run_before_anything_is_written(start, tmp_path, cache_dir,
+                                                                                           monkeypatch):
+    (tmp_path / "strict.py").write_text("def score(messages, answer, reference):\n    return int(answer) / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RewardError, match=r"the reward strict:score raised ZeroDivisionError: division by zero \(for "
+                                          r"the answer '\d', reference '\d'\)$"):
+        rl(start, tmp_path / "run", cache_dir, "objective.reward=strict:score", "trainer.max_steps=2")
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "tensorboard").exists()
 
 
 def test_a_prompt_too_long_for_the_context_is_named_before_anything_runs(start, tmp_path, cache_dir):

@@ -50,7 +50,7 @@ def test_every_experiment_composes_as_written_and_runs(experiment, tmp_path, cac
         if experiment == "finetune_shakespeare":  # GPT-2's real weights: a local stand-in of the same layout
             smoke_args += [f"init_from={request.getfixturevalue('hf_gpt2')}", "model.block_size=64",
                            "trainer.accumulate_grad_batches=1"]
-        if experiment == "sft_tasks":  # scripts/make_tasks.py's data: a few conversations of the same form
+        if experiment in ("sft_tasks", "rl_tasks"):  # scripts/make_tasks.py's data: a few conversations alike
             lines = [json.dumps({"messages": [{"role": "user", "content": f"What is {k} + 1?"},
                                               {"role": "assistant", "content": str(k + 1)}]}) for k in range(20)]
             (tmp_path / "tasks.jsonl").write_text("\n".join(lines) + "\n")
@@ -68,7 +68,7 @@ def test_every_experiment_composes_as_written_and_runs(experiment, tmp_path, cac
             assert OmegaConf.select(cfg, key) == value, key
 
     metrics = train(smoke, overrides=smoke_args)
-    assert math.isfinite(metrics["train/loss"]) and metrics["steps"] == 1
+    assert math.isfinite(metrics["rl/loss" if experiment == "rl_tasks" else "train/loss"]) and metrics["steps"] == 1
 
 
 def leaves(node: dict, prefix: str = ""):

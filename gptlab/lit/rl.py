@@ -117,12 +117,17 @@ class GRPOModule(GPTLitModule):
         self._judged: list[Question] = []  # the held-out answers each validation judges
         self._rollout_tokens = 0  # tokens the last step's rollouts held
 
+    def prepare_data(self) -> None:
+        """The reward, tried once on the data's first answer, right after the data is read (its prepare_data) and
+        before anything is written."""
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]
+        if dm.train_questions:
+            q = dm.train_questions[0]
+            score(self.reward, q.messages, q.reference, q.reference)
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         dm = self.trainer.datamodule  # type: ignore[attr-defined]
-        if dm.train_questions:  # the reward, tried once on the data's own answer before anything runs
-            q = dm.train_questions[0]
-            score(self.reward, q.messages, q.reference, q.reference)
         n = len(dm.val_questions)  # held-out answers judged at each validation: evenly over the val split
         self._judged = [dm.val_questions[i] for i in
                         np.linspace(0, n - 1, min(n, self.objective.val_questions)).round().astype(int)] if n else []

@@ -44,8 +44,8 @@ VALIDATION = 1 << 40  # in place of the step in a validation sample's seed: no t
 
 @dataclass
 class GRPOConfig:
-    """objective=grpo: learn from a reward on sampled answers (see gptlab/lit/rl.py). data.batch_size is the number
-    of prompts a step, each answered `samples` times."""
+    """RL on checkable answers: GRPO without a critic (gptlab/lit/rl.py); data.batch_size questions a step, each
+    answered `samples` times. (No objective: next-token prediction, as pretraining and SFT.)"""
 
     kind: str = "grpo"
     samples: int = 8  # answers to each prompt: the group whose mean reward is each answer's baseline

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+from typing import Optional, Sequence
 
 COMMANDS = {
     "train": "train a GPT (Hydra configs; --help lists the groups)",
@@ -25,6 +26,29 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def unknown(name: str) -> str:
+    return f"error: unknown command {name!r}: use one of {', '.join(COMMANDS)}"
+
+
+def check(argv: Sequence[str], typed_as: Optional[str] = None) -> Optional[str]:
+    """The `error: ...` line that `gptlab ARGV...` stops with before it runs anything, or None where the command
+    line is accepted: the command, its flags (--help, --prompt, -m, --cfg job, ...) and overrides (group options,
+    keys, types, ranges; each value of a sweep). Nothing runs and no file is read: ckpt_path=RUN_DIR or
+    data.path=my_novel.txt pass. typed_as: the command as typed (`python -m gptlab.train`), which error lines name;
+    by default `gptlab NAME`. tests/test_docs.py checks the documentation's commands with it."""
+    import importlib
+
+    from gptlab import cli
+
+    if not argv or argv[0] in ("-h", "--help"):
+        return None if argv else usage().splitlines()[0]
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        return unknown(name)
+    importlib.import_module(f"gptlab.{name}")  # its entry point says what its command line takes
+    return cli.check(cli.COMMAND_LINES[name], rest, typed_as or f"gptlab {name}")
+
+
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help"):
@@ -32,7 +56,7 @@ def main() -> None:
         sys.exit(0 if args else 2)
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
-        print(f"error: unknown command {name!r}: use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(unknown(name), file=sys.stderr)
         sys.exit(2)
     os.environ["GPTLAB_COMMAND"] = f"gptlab {name}"  # hints name the command as typed
     sys.argv = [sys.argv[0], *rest]

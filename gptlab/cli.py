@@ -4,23 +4,26 @@ a run that failed before it started."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import os
 import re
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn, Optional, Sequence, TypeVar, Union
+from typing import Callable, Iterator, NoReturn, Optional, Sequence, TypeVar, Union
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from gptlab.config import literal
+from gptlab.config import literal, to_spec
 from gptlab.errors import GptlabError
 from gptlab.rundir import RECORD
 from gptlab.model import ConfigError
@@ -156,6 +159,102 @@ def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
         fail(ex)
 
 
+@dataclass(frozen=True)
+class CommandLine:
+    """What an entry point's command line takes, as `run` is given it, for `check`: its config, the keys of free
+    text, its --help, the key of a bare first argument, and `checks`: what its job checks first of a composed
+    config (unknown keys, types, ranges), reading no file."""
+
+    config_name: str
+    free_text: Sequence[str] = ()
+    help: Union[str, Callable[[Optional[str]], str], None] = None
+    positional: Optional[str] = None
+    checks: Optional[Callable[[DictConfig], object]] = None
+
+
+COMMAND_LINES: dict[str, CommandLine] = {}  # config name -> its entry point's, filled as each entry is imported
+
+
+def check(line: CommandLine, argv: Sequence[str], command: str) -> Optional[str]:
+    """The `error: ...` line that `command ARGV...` stops with before its job begins, or None where the command
+    line is accepted. Nothing runs and no file is read (ckpt_path=RUN_DIR or data.path=my_novel.txt pass): what
+    `run` and Hydra do before the job is done, up to `line.checks` of each config the command would run with
+    (each value of a sweep's, one at a time). command: as the user typed it, which the error lines name."""
+    global COMMAND
+    saved, COMMAND = COMMAND, command
+    try:
+        return _check(line, list(argv))
+    except USER_ERRORS as ex:
+        return f"error: {one_line(ex)}"
+    finally:
+        COMMAND = saved
+
+
+@contextlib.contextmanager
+def _hydra_composes() -> Iterator[None]:
+    """Hydra's compose API on gptlab's configs, or the one already set up."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield
+        return
+    with initialize_config_module("gptlab.conf", version_base="1.3"):
+        yield
+
+
+def _check(line: CommandLine, argv: list[str]) -> Optional[str]:
+    from hydra import compose
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main reads the command line with
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    asked = next((i for i, a in enumerate(argv) if a in ("-h", "--help")), None)
+    if line.help is not None and asked is not None:  # as `run` does
+        word = argv[asked + 1] if asked + 1 < len(argv) else None
+        text = line.help if isinstance(line.help, str) else line.help(word)
+        return text.replace("{command}", COMMAND).splitlines()[0] if text.startswith("error:") else None
+    if line.positional and argv and "=" not in argv[0] and not argv[0].startswith("-"):
+        argv[0] = f"{line.positional}={argv[0]}"
+    argv = verbatim(argv, line.free_text)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args = get_args_parser().parse_args(argv)
+    except SystemExit:  # argparse's word on an unknown flag
+        return f"error: {said.getvalue().strip().splitlines()[-1].split('error: ', 1)[-1]}"
+    shows = args.cfg is not None or args.info is not None or args.shell_completion or args.hydra_help
+    if args.resolve and args.cfg is None:  # Hydra's words (a ValueError there)
+        return "error: The --resolve flag can only be used in conjunction with --cfg or --help"
+    if args.run + (args.cfg is not None) + args.multirun + args.shell_completion + (args.info is not None) > 1:
+        return "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"
+    config_name = args.config_name or line.config_name
+    overrides = list(args.overrides)
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    # a sweep's values, each checked in turn; interval(...) has none to list (a sampler draws from it)
+    sweeps = {i: list(o.sweep_string_iterator()) if o.is_discrete_sweep() else []
+              for i, o in enumerate(parsed) if o.is_sweep_override()}
+    first = [f"{o.get_key_element()}={sweeps[i][0]}" if sweeps.get(i) else o.input_line
+             for i, o in enumerate(parsed) if i not in sweeps or sweeps[i]]
+    with _hydra_composes():
+        cfg = compose(config_name, first, return_hydra_config=True)
+        multirun = args.multirun or cfg.hydra.mode == RunMode.MULTIRUN
+        if sweeps and (shows or not multirun):  # Hydra's own error, as the shell gave it: a sweep needs -m
+            GlobalHydra.instance().hydra.compose_config(config_name, overrides, RunMode.RUN, from_shell=True)
+        if shows or line.checks is None:
+            return None
+        jobs = [cfg]
+        for i, values in sweeps.items():
+            at = sum(1 for j in range(i) if j not in sweeps or sweeps[j])  # where the sweep is in `first`
+            for value in values[1:]:
+                job = [*first[:at], f"{parsed[i].get_key_element()}={value}", *first[at + 1:]]
+                jobs.append(compose(config_name, job, return_hydra_config=True))
+        for job_cfg in jobs:  # the job's config, as the task gets it: without the hydra node
+            line.checks(OmegaConf.masked_copy(job_cfg, [k for k in job_cfg if k != "hydra"]))
+    return None
+
+
 def entry(task: Callable[[DictConfig], object], config_name: str, free_text: Sequence[str], spec: type, title: str,
           usage: str, notes: str = "", positional: Optional[str] = None) -> Callable[[], None]:
     """An entry point's main(): `task` run by Hydra on conf/<config_name>.yaml, through `run`, with a --help that
@@ -164,6 +263,8 @@ def entry(task: Callable[[DictConfig], object], config_name: str, free_text: Seq
 
     hydra_main = hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)
     help_text = lambda _: entry_help(title, usage, spec, notes=notes)  # noqa: E731
+    COMMAND_LINES[config_name] = CommandLine(config_name, tuple(free_text), help_text, positional,
+                                             checks=lambda cfg: to_spec(spec, cfg, config_name))
     return lambda: run(hydra_main(reports_errors(task)), free_text, help_text, positional)
 
 

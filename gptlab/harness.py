@@ -221,7 +221,7 @@ def offline_error(e: BaseException, manager: Any, names: list[str]) -> Optional[
         sources.append(f"{n} ({path} on the Hugging Face Hub)" if path else n)
     return GptlabError(f"the data of {', '.join(sources)} could not be downloaded ({type(e).__name__}): "
                        "without network, write a task over local files (a YAML with dataset_path: json and "
-                       "dataset_kwargs.data_files, see the README) and give include_path=ITS_FOLDER")
+                       "dataset_kwargs.data_files, see docs/evaluation.md) and give include_path=ITS_FOLDER")
 
 
 class TaskScorer:

@@ -197,9 +197,25 @@ def _main(cfg: DictConfig) -> dict[str, float]:
     return train(cfg, overrides=list(HydraConfig.get().overrides.task), started=started)
 
 
-def main() -> None:  # the keys whose values are free text, taken as typed
-    cli.run(_main, free_text=("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir"),
-            help=train_help)
+def checks(cfg: DictConfig) -> None:
+    """What `build` checks of a composed config before it reads any file or builds anything: unknown keys, wrong
+    types, values out of range (`gptlab.cli.check`: a command line checked without running it)."""
+    check_top_level(cfg)
+    for spec, name in ((GPTConfig, "model"), (DataConfig, "data"), (TrainerConfig, "trainer")):
+        to_spec(spec, cfg[name], name)
+    partial_of(cfg.optim, "optim", OPTIMIZERS)
+    partial_of(cfg.scheduler, "scheduler", SCHEDULES)
+    tokenizer_spec(cfg.tokenizer)
+    if cfg.objective is not None:
+        to_spec(GRPOConfig, cfg.objective, "objective")
+
+
+FREE_TEXT = ("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir")  # taken as typed
+cli.COMMAND_LINES["train"] = cli.CommandLine("train", FREE_TEXT, train_help, checks=checks)
+
+
+def main() -> None:
+    cli.run(_main, free_text=FREE_TEXT, help=train_help)
 
 
 if __name__ == "__main__":

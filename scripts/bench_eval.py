@@ -11,7 +11,8 @@ Random weights (speed does not depend on them). Two kinds of request, as tasks m
   new tokens/s.
 Both models get the same batch size (--batch-size) and float32 weights.
 
-Last line: `gptlab/hf ratio: R`, the smallest ratio (gptlab's speed over hf's) over shapes and kinds.
+Last line: `gptlab/hf ratio: R`, the smallest ratio (gptlab's speed over hf's) over shapes and kinds. The table goes
+into results/<machine kind>.json (scripts/results.py; --no-record: not).
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from pathlib import Path
 
 import torch
 
+from results import add_flag, record
+
 SHAPES = {"small": dict(),  # model=small: GPTConfig's defaults (6 layers of 256, a block of 128)
           "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257)}  # GPT-2 124M
+LABELS = {"small": "model=small (6 x 256, context 128)",  # in the recorded table
+          "gpt2": "GPT-2 124M (12 x 768, context 1,024, 50,257-wide head)"}
 
 
 def export_random_model(shape: str, text: str, out: Path) -> Path:
@@ -75,6 +80,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="generate_until requests per measurement")
     ap.add_argument("--max-gen-toks", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    add_flag(ap)
     args = ap.parse_args()
 
     import lm_eval.models.huggingface as hf
@@ -85,13 +91,15 @@ def main() -> None:
     from gptlab.harness import GptlabLM
 
     text = find_or_download(SHAKESPEARE.file, SHAKESPEARE.url, SHAKESPEARE.sha256, None).read_text(encoding="utf-8")
-    ratios = []
+    ratios, rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             folder = export_random_model(shape, text, Path(tmp))
             models = {"gptlab": GptlabLM(str(folder), device=args.device, batch_size=args.batch_size),
                       "hf": hf.HFLM(pretrained=str(folder), device=args.device, batch_size=args.batch_size,
                                     dtype="float32")}
+            rows.append([LABELS.get(shape, shape)])
+            agreed = True
             for kind, n in (("loglikelihood", args.requests), ("generate_until", args.prompts)):
                 reqs = requests(text, n, kind, args.max_gen_toks)
                 speed: dict[str, list[float]] = {name: [] for name in models}
@@ -115,7 +123,20 @@ def main() -> None:
                 ratios.append(med["gptlab"] / med["hf"])
                 print(f"{shape} {kind}: gptlab {med['gptlab']:,.1f} {unit}, hf {med['hf']:,.1f} {unit}, "
                       f"ratio {ratios[-1]:.2f}; same answers: {same}", flush=True)
-    print(f"gptlab/hf ratio: {min(ratios):.2f}")
+                rows[-1].append(f"{med['gptlab']:,.1f} / {med['hf']:,.1f} ({ratios[-1]:.2f}x)")
+                agreed = agreed and same
+            rows[-1].append("yes" if agreed else "no")
+    last_line = f"gptlab/hf ratio: {min(ratios):.2f}"
+    print(last_line)
+    if not args.no_record:
+        import lm_eval
+
+        columns = ["shape", "loglikelihood requests/s: gptlab / hf", "generate_until new tokens/s: gptlab / hf",
+                   "same answers"]
+        record("eval", {"columns": columns, "rows": rows}, last_line=last_line,
+               notes=f"lm-eval {lm_eval.__version__}, {args.device}, batch {args.batch_size}, "
+                     f"{args.requests} loglikelihood requests, {args.prompts} prompts of {args.max_gen_toks} "
+                     f"new tokens, median of {args.repeats}")
 
 
 if __name__ == "__main__":

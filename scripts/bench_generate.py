@@ -15,7 +15,8 @@ float32.
 --compile: gptlab compiles its one-token step (`decode_one`; CUDA graphs on a GPU) and transformers gets
 its static cache (`cache_implementation="static"`, which it compiles itself on CUDA).
 
-Last line: `kv-cache tokens/s ratio gptlab/hf: X.XX` (the lowest ratio over the shapes and batch sizes).
+Last line: `kv-cache tokens/s ratio gptlab/hf: X.XX` (the lowest ratio over the shapes and batch sizes). The table
+goes into results/<machine kind>.json, key the dtype (scripts/results.py; --no-record: not).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import torch
 from gptlab.checkpoint import DTYPES
 from gptlab.devices import inference_dtype
 from gptlab.model import GPT, GPTConfig, generate
+from results import add_flag, record
 
+LABELS = {"small": "small", "gpt2": "gpt2 (124M)"}  # in the recorded table
 SHAPES = {  # name: (vocab, block, layers, heads, dim)
     "small": (65, 128, 6, 8, 256),
     "gpt2": (50257, 1024, 12, 12, 768),
@@ -72,6 +75,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile gptlab's decode step (see above)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); 1 is steadier on a "
                     "machine that other jobs share, where a thread kept waiting stalls every parallel op")
+    add_flag(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,7 +90,7 @@ def main() -> None:
     def synced(fn):  # CUDA runs asynchronously: a run ends when the device is done
         return lambda: (fn(), torch.cuda.synchronize(device) if device.type == "cuda" else None)
 
-    hf_ratios = []
+    hf_ratios, rows = [], []
     for name in args.shapes:
         vocab, block, layers, heads, dim = SHAPES[name]
         model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embd=dim,
@@ -117,10 +121,27 @@ def main() -> None:
                 hf_ratios.append(rate["cache"] / rate["hf"])
                 extra += f"  gptlab/hf {hf_ratios[-1]:.2f}x"
             print(f"{name:>6} batch {batch}, {n} new tokens: new tokens/s  {line}{extra}", flush=True)
+            speed = {k: f"{rate[k]:,.0f} tok/s" if k in rate else "–" for k in ("cache", "no cache", "hf")}
+            ratio = rate["cache"] / rate["hf"] if "hf" in rate else None
+            shown = "–" if ratio is None else f"**{ratio:.2f}**" if ratio >= 1 else f"{ratio:.2f}"  # bold: ahead
+            rows.append([LABELS.get(name, name), str(batch), str(n), args.dtype, speed["cache"], speed["no cache"],
+                         speed["hf"], shown])
     if hf_ratios:
-        print(f"kv-cache tokens/s ratio gptlab/hf: {min(hf_ratios):.2f}")
+        last_line = f"kv-cache tokens/s ratio gptlab/hf: {min(hf_ratios):.2f}"
     else:
-        print("kv-cache tokens/s ratio gptlab/hf: n/a (pip install transformers to compare)")
+        last_line = "kv-cache tokens/s ratio gptlab/hf: n/a (pip install transformers to compare)"
+    print(last_line)
+    if not args.no_record:
+        columns = ["shape", "batch", "new tokens", "dtype", "gptlab, KV cache", "gptlab, no cache", "transformers",
+                   "gptlab / transformers"]
+        try:
+            import transformers
+            versions = f"transformers {transformers.__version__}, "
+        except ImportError:
+            versions = ""
+        record("generate", {"columns": columns, "rows": rows}, last_line=last_line,
+               key=args.dtype + ("-compile" if args.compile else ""),
+               notes=f"{versions}{device}, {torch.get_num_threads()} threads, median of {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ evaluations) over S.
 
 Both are printed with their parameter counts (the targets compare models within 10% of each other). The last
 two lines are `steps to the baseline's loss: R` (target <= 0.7) and `2-minute val/loss gain: G` (target >= 0.04).
+The table goes into results/<machine kind>.json (the overrides show in its command; scripts/results.py;
+--no-record: not).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # bench_recipe, beside this file
 from bench_recipe import prepare, run  # noqa: E402
+from results import add_flag, record  # noqa: E402
 
 BASE, MODERN = "shakespeare_cpu", "shakespeare_cpu_modern"
 
@@ -65,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="runs of each recipe in part 1")
     ap.add_argument("extra", nargs="*", help="more overrides for both recipes, after --")
+    add_flag(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
         for e in (BASE, MODERN):
@@ -95,8 +99,20 @@ def main() -> None:
     print(f"  baseline's val/loss after {S:,} steps: {target:.4f}; the modern recipe reaches it at step "
           f"{'never' if reached is None else f'{reached:,.0f}'} (its own after {S:,}: {final[MODERN].loss:.4f})")
     ratio = "never" if reached is None else f"{reached / S:.2f}"
-    print(f"steps to the baseline's loss: {ratio}")
-    print(f"2-minute val/loss gain: {loss[BASE] - loss[MODERN]:.3f}")
+    last_lines = f"steps to the baseline's loss: {ratio}\n2-minute val/loss gain: {loss[BASE] - loss[MODERN]:.3f}"
+    print(last_lines)
+    if not args.no_record:
+        budget = timed[BASE][0].budget_s
+        seeds = " / ".join(str(i + 1) for i in range(args.runs))
+        rows = [[f"{f'{budget:.0f} s' if budget else 'no'} time budget, seeds {seeds}: steps",
+                 *(" / ".join(f"{r.steps:,}" for r in timed[e]) for e in timed)],
+                ["the same runs: val/loss",
+                 *(" / ".join(f"{r.loss:.4f}" for r in timed[e]) + f" (median **{loss[e]:.4f}**)" for e in timed)],
+                [f"{S:,} steps, no time budget: val/loss, wall",
+                 *(f"{final[e].loss:.4f}, {final[e].wall:.1f} s" for e in timed)],
+                ["parameters", *(f"{sizes[e]:,}" for e in timed)]]
+        columns = ["", f"the recipe (experiment={BASE})", f"the modern recipe (experiment={MODERN})"]
+        record("levers", {"columns": columns, "rows": rows}, last_line=last_lines)
 
 
 if __name__ == "__main__":

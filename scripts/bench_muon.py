@@ -6,7 +6,9 @@ passes, on this machine, in this process, alternating.
     python scripts/bench_muon.py --ns-dtype float32            # as on a CPU without bf16 units
     python scripts/bench_muon.py --shape 12,768                # GPT-2 124M's blocks (n_layer,n_embd)
 
-Last line: `muon step, torch/gptlab time: R` (the smallest over the shapes; above 1: gptlab's step is faster).
+Last line: `muon step, torch/gptlab time: R` (the smallest over the shapes; above 1: gptlab's step is faster). The
+table goes into results/<machine kind>.json, key the Newton-Schulz dtype and steps (scripts/results.py; --no-record:
+not).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from gptlab.lit.optim import StackedMuon
 from gptlab.model import GPT, GPTConfig, param_groups
+from results import add_flag, record
 
 SHAPES = {"shakespeare_cpu": (2, 128), "model=small": (GPTConfig.n_layer, GPTConfig.n_embd)}
 
@@ -68,11 +71,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", action="append", help="n_layer,n_embd (repeatable); default: " + ", ".join(SHAPES))
     ap.add_argument("--ns-dtype", choices=["bfloat16", "float32"], default="bfloat16")
-    ap.add_argument("--ns-steps", type=int, default=3, help="Newton-Schulz steps (the modern recipe's 3)")
+    ap.add_argument("--ns-steps", type=int, default=4, help="Newton-Schulz steps (the modern recipe's 4)")
     ap.add_argument("--repeats", type=int, default=30)
+    add_flag(ap)
     args = ap.parse_args()
     shapes = {s: tuple(map(int, s.split(","))) for s in args.shape} if args.shape else SHAPES
-    ratios = []
+    ratios, rows, last_line = [], [], ""
     for label, (n_layer, n_embd) in shapes.items():
         r = bench(n_layer, n_embd, getattr(torch, args.ns_dtype), args.ns_steps, args.repeats)
         print(f"{label} ({n_layer} layers x {n_embd}, batch 32 x 64, Newton-Schulz {args.ns_steps} steps in "
@@ -81,12 +85,25 @@ def main() -> None:
             print(f"  {name:<17} {value:8.2f}")
         gptlab_step = r["gptlab muon"] + r["adamw (rest)"]
         cost = (r["forward+backward"] + gptlab_step) / (r["forward+backward"] + r["adamw"])
-        print(f"  a training step with Muon costs {cost:.2f}x one with AdamW (gptlab's Muon)")
+        last_line = f"  a training step with Muon costs {cost:.2f}x one with AdamW (gptlab's Muon)"
+        print(last_line)
         if "torch muon" in r:
             ratios.append(r["torch muon"] / r["gptlab muon"])
-            print(f"  torch/gptlab Muon step time: {ratios[-1]:.2f}")
+            last_line = f"  torch/gptlab Muon step time: {ratios[-1]:.2f}"
+            print(last_line)
+        rows.append([f"{label} ({n_layer} layers x {n_embd})",
+                     *(f"{r[k]:.2f} ms" if k in r else "–" for k in ("forward+backward", "adamw", "torch muon",
+                                                                     "gptlab muon", "adamw (rest)")),
+                     f"{cost:.2f}x", f"{ratios[-1]:.2f}" if "torch muon" in r else "–"])
     if ratios:
-        print(f"muon step, torch/gptlab time: {min(ratios):.2f}")
+        last_line = f"muon step, torch/gptlab time: {min(ratios):.2f}"
+        print(last_line)
+    if not args.no_record:
+        columns = ["shape", "forward + backward", "AdamW step", "torch Muon step", "gptlab Muon step",
+                   "AdamW step of the rest", "a step with Muon / with AdamW", "torch / gptlab Muon step"]
+        record("muon", {"columns": columns, "rows": rows}, last_line=last_line.strip(),
+               key=f"{args.ns_dtype}-ns{args.ns_steps}",
+               notes=f"batch 32 x 64, Newton-Schulz {args.ns_steps} steps in {args.ns_dtype}, median of {args.repeats}")
 
 
 if __name__ == "__main__":

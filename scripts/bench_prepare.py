@@ -16,6 +16,8 @@ are printed, with the ratios.
 
     python scripts/bench_prepare.py --size-mb 200
     python scripts/bench_prepare.py                 # 1 GB; targets: <= 4 min and <= 2 GB on 2 cores
+
+The table goes into results/<machine kind>.json, key the corpus size (scripts/results.py; --no-record: not).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from results import add_flag, record  # noqa: E402  (scripts/, on the path as this script's folder)
 
 EOT = "<|endoftext|>"
 FILES = 8  # the corpus is this many .jsonl files
@@ -319,6 +322,7 @@ def main() -> None:
     parser.add_argument("--merges", type=Path)
     parser.add_argument("--skip-hf", action="store_true", help="run gptlab only")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # internal: run one pipeline
+    add_flag(parser)
     args = parser.parse_args()
     if args.child:
         kind, corpus, tokenizer, out, *rest = args.child
@@ -361,22 +365,36 @@ def main() -> None:
 
         print(f"\n{'run':<22}{'seconds':>9}{'CPU s':>8}{'MB/s':>8}{'peak RSS MB':>13}{'peak PSS MB':>13}"
               f"{'tokens':>14}{'1 GB: min':>11}{'load':>6}")
+        rows = []
         for name, r in runs.items():
             print(f"{name:<22}{r['seconds']:>9.1f}{r['cpu']:>8.1f}{size / 1e6 / r['seconds']:>8.2f}"
                   f"{r['rss'] / 1e6:>13.0f}{r['pss'] / 1e6:>13.0f}{r['tokens']:>14,}"
                   f"{r['seconds'] * 1e9 / size / 60:>11.1f}{r['load']:>6.1f}")
-        print(f"(CPU s: all processes of the run; load: the machine's 1-minute load average at the end of the run, "
-              f"on {os.cpu_count()} cores: above that, the run shared its cores with other work)")
+            rows.append([name, f"{r['seconds']:.1f}", f"{r['cpu']:.1f}", f"{size / 1e6 / r['seconds']:.2f}",
+                         f"{r['rss'] / 1e6:,.0f}", f"{r['pss'] / 1e6:,.0f}", f"{r['tokens']:,}",
+                         f"{r['seconds'] * 1e9 / size / 60:.1f}", f"{r['load']:.1f}"])
+        last_line = (f"(CPU s: all processes of the run; load: the machine's 1-minute load average at the end of the "
+                     f"run, on {os.cpu_count()} cores: above that, the run shared its cores with other work)")
+        print(last_line)
         hf = runs.get("hf tokenizers")
         names = sorted((k for k in runs if k.startswith("gptlab")), key=lambda k: int(k.split("=")[1]))
         if len(names) > 1:
             a, b = runs[names[0]], runs[names[-1]]
-            print(f"scaling: {names[-1]} takes {b['seconds'] / a['seconds']:.2f}x the time of {names[0]} "
-                  f"and {b['cpu'] / a['cpu']:.2f}x its CPU time")
+            last_line = (f"scaling: {names[-1]} takes {b['seconds'] / a['seconds']:.2f}x the time of {names[0]} "
+                         f"and {b['cpu'] / a['cpu']:.2f}x its CPU time")
+            print(last_line)
+        ratios = []
         for k in names if hf else ():
             r = runs[k]
-            print(f"{k} / hf: time {r['seconds'] / hf['seconds']:.2f}x, peak PSS {r['pss'] / hf['pss']:.2f}x, "
-                  f"same token count: {r['tokens'] == hf['tokens']}")
+            ratios.append(f"{k} / hf: time {r['seconds'] / hf['seconds']:.2f}x, peak PSS {r['pss'] / hf['pss']:.2f}x, "
+                          f"same token count: {r['tokens'] == hf['tokens']}")
+            print(ratios[-1])
+    if not args.no_record:
+        columns = ["run", "seconds", "CPU s", "MB/s", "peak RSS MB", "peak PSS MB", "tokens", "1 GB: min", "load"]
+        tokenizer = f"GPT-2's {args.vocab.name}" if args.vocab else f"a BPE trained on {args.train_chars:,} characters"
+        record("prepare", {"columns": columns, "rows": rows}, key=f"{args.size_mb:g}mb",
+               last_line="\n".join(ratios) or last_line,
+               notes=f"{size / 1e6:,.1f} MB in {FILES} .jsonl files, seed {args.seed}, {tokenizer}")
 
 
 if __name__ == "__main__":

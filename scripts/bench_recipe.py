@@ -9,7 +9,9 @@ start to exit, so the time includes Python start-up, loading the cached token fi
 and the final sample. The token files are built once before the first timed run. Each run's wall time is
 checked against its trainer.max_time (as the start block states it): a run keeps its budget when it ends
 within 10% + 15 s of it. It also prints the precision the run chose (trainer.precision=auto says why).
-Last line: `recipe val/loss median: X.XXX in Y s median (budget Z s: kept by N of N runs)`.
+Last line: `recipe val/loss median: X.XXX in Y s median (budget Z s: kept by N of N runs)`. The table goes into
+results/<machine kind>.json, key the experiment (the overrides show in its command; scripts/results.py;
+--no-record: not).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
+
+from results import add_flag, record
 
 
 @dataclass
@@ -81,6 +85,7 @@ def main() -> None:
     ap.add_argument("--experiment", default="shakespeare_cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("extra", nargs="*", help="more overrides, after --")
+    add_flag(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
         prepare(args.experiment, args.extra, out)
@@ -88,7 +93,19 @@ def main() -> None:
     losses, walls, budgets = [r.loss for r in results], [r.wall for r in results], [r.budget_s for r in results]
     kept = sum(b is not None and w <= limit(b) for w, b in zip(walls, budgets))
     budget = f" (budget {budgets[0]:.0f} s: kept by {kept} of {len(walls)} runs)" if budgets[0] is not None else ""
-    print(f"recipe val/loss median: {statistics.median(losses):.3f} in {statistics.median(walls):.0f} s median{budget}")
+    last_line = (f"recipe val/loss median: {statistics.median(losses):.3f} in {statistics.median(walls):.0f} s "
+                 f"median{budget}")
+    print(last_line)
+    if not args.no_record:
+        rows = [[str(seed), f"{r.steps:,}", f"{r.loss:.4f}", f"{r.wall:.1f} s",
+                 "" if r.budget_s is None else
+                 f"{r.budget_s:.0f} s: {'kept' if r.wall <= limit(r.budget_s) else 'OVER'}",
+                 r.precision] for seed, r in zip(args.seeds, results)]
+        rows.append(["median", f"{statistics.median(r.steps for r in results):,.0f}",
+                     f"**{statistics.median(losses):.3f}**", f"{statistics.median(walls):.0f} s",
+                     f"kept by {kept} of {len(walls)}" if budgets[0] is not None else "", ""])
+        record("recipe", {"columns": ["seed", "steps", "val/loss", "wall", "budget", "precision"], "rows": rows},
+               key=args.experiment, last_line=last_line)
 
 
 if __name__ == "__main__":

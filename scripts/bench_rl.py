@@ -10,7 +10,8 @@ command's model (experiment=shakespeare_cpu) in OUT/base; experiment=sft_tasks f
 from that in OUT/rl. Each run is the real `train(cfg)` on the composed config, timed from its start to its return;
 both assistants are scored by `gptlab eval`'s exact match on OUT/tasks/test.jsonl (greedy, every answer). Prints the
 CPU, the precision each run chose, the table per task, and as its last line `rl/sft errors: R` (the held-out errors
-after RL over those before: 0.5 means RL removed half of them).
+after RL over those before: 0.5 means RL removed half of them). The table goes into results/<machine kind>.json
+(the times and overrides show in its command; scripts/results.py; --no-record: not).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results import add_flag, record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +65,7 @@ def main() -> None:
     p.add_argument("--sft-time", default="00:00:09:00", help="trainer.max_time of the SFT run")
     p.add_argument("--rl-time", default="00:00:10:00", help="trainer.max_time of the RL run")
     p.add_argument("overrides", nargs="*", help="overrides for the RL run (after --), e.g. optim.lr=1e-3")
+    add_flag(p)
     args = p.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_rl-")).resolve()
     print(f"cpu: {cpu()}\nout: {out}", flush=True)
@@ -78,17 +82,27 @@ def main() -> None:
     before, after = exact_match(out / "sft", tasks / "test.jsonl"), exact_match(out / "rl", tasks / "test.jsonl")
 
     print(f"\n{'task':<14}{'SFT':>8}{'SFT+RL':>8}{'change':>9}")
+    rows = []
     for task, old in before["exact_match_by_task"].items():
         new = after["exact_match_by_task"][task]
         print(f"{task:<14}{old:8.1%}{new:8.1%}{(new - old) * 100:+8.1f}")
+        rows.append([task, f"{old:.1%}", f"{new:.1%}", f"{(new - old) * 100:+.1f}"])
     print(f"{'all answers':<14}{before['exact_match']:8.1%}{after['exact_match']:8.1%}"
           f"{(after['exact_match'] - before['exact_match']) * 100:+8.1f}")
+    rows.append(["**all answers**", f"**{before['exact_match']:.1%}**", f"**{after['exact_match']:.1%}**",
+                 f"{(after['exact_match'] - before['exact_match']) * 100:+.1f}"])
     worst = min(after["exact_match_by_task"][t] - v for t, v in before["exact_match_by_task"].items())
     print(f"SFT {sft_s / 60:.1f} min ({before['step']:,} steps), RL {rl_s / 60:.1f} min "
           f"({after['step']:,} steps): {(sft_s + rl_s) / 60:.1f} min; the largest drop of a task: {-worst * 100:.1f} "
           "points" if worst < 0 else f"SFT {sft_s / 60:.1f} min, RL {rl_s / 60:.1f} min: no task lost any")
     ratio = (1 - after["exact_match"]) / max(1e-9, 1 - before["exact_match"])
-    print(f"rl/sft errors: {ratio:.2f}")
+    last_line = f"rl/sft errors: {ratio:.2f}"
+    print(last_line)
+    if not args.no_record:
+        columns = ["task", f"SFT, {sft_s / 60:.1f} min ({before['step']:,} steps)",
+                   f"SFT + RL, {rl_s / 60:.1f} min ({after['step']:,} steps)", "change (points)"]
+        record("rl", {"columns": columns, "rows": rows}, last_line=last_line,
+               notes="from the base given by --base" if args.base else "")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ last 50 requests, and the errors (a status other than 200, or a stream that does
     python scripts/bench_serve.py [--shape small|gpt2] [--clients 16] [--requests 200] [--max-tokens 64]
                                   [--device cpu] [--dtype auto] [--batch-size 16]
 
-Last two lines: `errors: N` and `batched/single tokens/s: R`.
+Last two lines: `errors: N` and `batched/single tokens/s: R`. The table goes into results/<machine kind>.json, key
+the shape and dtype (scripts/results.py; --no-record: not).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gptlab import checkpoint
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import train_tokenizer
 from gptlab.tokenizers.chat import chat_tokenizer
+from results import add_flag, record
 
 SHAPES = {"tiny": dict(block_size=64, n_layer=2, n_head=2, n_embd=64),  # for a quick check of the script
           "small": dict(block_size=128, n_layer=6, n_head=8, n_embd=256),  # model=small
@@ -139,6 +141,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="the server's rows (requests decoded together)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="the server's dtype= (default: float32; auto: bf16 if fast)")
+    add_flag(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,8 +181,20 @@ def main() -> None:
           f"({(rss[-1] / rss[0] - 1) * 100:+.1f}%)")
     for e in many.errors[:5]:
         print(f"  {e}")
-    print(f"errors: {len(many.errors) + len(single.errors)}")
-    print(f"batched/single tokens/s: {rate / single_rate:.2f}")
+    errors = len(many.errors) + len(single.errors)
+    last_lines = f"errors: {errors}\nbatched/single tokens/s: {rate / single_rate:.2f}"
+    print(last_lines)
+    if not args.no_record:
+        dtype = args.dtype or "float32"
+        columns = ["shape, dtype", "one client alone", f"{args.clients} clients", "time to first token p50 / p99",
+                   f"server memory, after {min(50, args.requests)} requests → after {args.requests}", "errors",
+                   "batched/single"]
+        row = [f"{args.shape}, {dtype}", f"{single_rate:,.0f} tokens/s", f"{rate:,.0f} tokens/s",
+               f"{statistics.median(ttft) * 1e3:.0f} / {p99 * 1e3:.0f} ms",
+               f"{rss[0]:.0f} → {rss[-1]:.0f} MiB ({(rss[-1] / rss[0] - 1) * 100:+.1f}%)", str(errors),
+               f"**{rate / single_rate:.2f}**"]
+        record("serve", {"columns": columns, "rows": [row]}, key=f"{args.shape}-{dtype}", last_line=last_lines,
+               notes=f"{args.device}, {args.batch_size} rows, {args.max_tokens} new tokens a request")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ special token (counted in the vocabulary size). hf gets the text in pieces cut w
 has a boundary, so its pieces pre-tokenize exactly as the whole text and it can use both cores.
 
     python scripts/bench_tokenizer.py [--data PATH] [--repeats 3]
+
+Last line: `encode MB/s ratio gptlab/hf: R`. The table goes into results/<machine kind>.json (scripts/results.py;
+--no-record: not).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gptlab.tokenizers.bpe import EOT, ByteLevelBPE, token_to_str  # noqa: E402
+from results import add_flag, record  # noqa: E402
 
 SAFE_CUTS = re.compile(r"(?<=\S)(?=\n)")  # before a newline that follows a non-space: always a chunk boundary
 
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data(), help="text file (default: Tiny Shakespeare)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; medians are reported")
     parser.add_argument("--vocab", type=int, default=4096, help="vocabulary size for the timings")
+    add_flag(parser)
     args = parser.parse_args()
 
     import tokenizers
@@ -109,6 +114,15 @@ def main() -> None:
     same = [token_to_str(gpt.token_bytes(i)) for i in ids.tolist()] == hf_ids.tokens
     n_hf = len(hf_ids.ids)
     print(f"tokens of the file at vocab {args.vocab}: gptlab {ids.size:,}, hf {n_hf:,} (same tokens: {same})")
+    best = mb / min(t_batch, t_whole)
+    rows = [[f"train at vocab {args.vocab:,}", f"{t_gpt:.3f} s", f"{t_hf:.3f} s", f"{t_gpt / t_hf:.2f}"],
+            ["encode (gptlab: empty cache each run; hf: the better of the two below)", f"{mb / t_cold:.2f} MB/s",
+             f"{best:.2f} MB/s", f"**{mb / t_cold / best:.2f}**"],
+            ["encode, gptlab's cache warm from a previous run", f"{mb / t_warm:.2f} MB/s", "", ""],
+            ["encode, hf `encode_batch` over lines", "", f"{mb / t_batch:.2f} MB/s", ""],
+            ["encode, hf `encode` of the whole text", "", f"{mb / t_whole:.2f} MB/s", ""],
+            [f"tokens of the file at vocab {args.vocab:,}", f"{ids.size:,}", f"{n_hf:,}",
+             "the same tokens" if same else "different tokens"]]
 
     # compression
     for vocab in (512, 1024, 4096):
@@ -116,8 +130,14 @@ def main() -> None:
         h = hf if vocab == args.vocab else hf_train(text, vocab)
         cg, ch = len(text) / len(g.encode(text)), len(text) / len(h.encode(text).ids)
         print(f"chars/token at vocab {vocab}: gptlab {cg:.4f}, hf {ch:.4f}, ratio gptlab/hf {cg / ch:.4f}")
+        rows.append([f"characters per token at vocab {vocab:,}", f"{cg:.4f}", f"{ch:.4f}", f"{cg / ch:.4f}"])
 
-    print(f"encode MB/s ratio gptlab/hf: {(mb / t_cold) / (mb / min(t_batch, t_whole)):.2f}")
+    last_line = f"encode MB/s ratio gptlab/hf: {(mb / t_cold) / (mb / min(t_batch, t_whole)):.2f}"
+    print(last_line)
+    if not args.no_record:
+        data = "Tiny Shakespeare" if args.data == default_data() else args.data.name
+        record("tokenizer", {"columns": ["", "gptlab", "hf `tokenizers`", "gptlab / hf"], "rows": rows},
+               last_line=last_line, notes=f"tokenizers {tokenizers.__version__}, {data} ({mb:.2f} MB), median of {r}")
 
 
 if __name__ == "__main__":

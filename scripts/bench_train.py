@@ -9,7 +9,8 @@ matmul measured in the same dtype on this machine.
     python scripts/bench_train.py --model nano --steps 20
     python scripts/bench_train.py --device cuda --model gpt2 --batch-size 16 --precision bf16-mixed --compile
 
-Last line: `lightning/plain tokens/s ratio: X.XX` (32-true; the bf16-mixed ratio is printed above it).
+Last line: `lightning/plain tokens/s ratio: X.XX` (32-true; the bf16-mixed ratio is printed above it). The table
+goes into results/<machine kind>.json, key the model (scripts/results.py; --no-record: not).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from gptlab.lit.optim import AdamWConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, param_groups
 from gptlab.tokenizers import tokenizer_from_dict
+from results import add_flag, record
 
 register_configs()
 
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model in both loops")
     ap.add_argument("--cache-dir", default=os.environ.get("GPTLAB_CACHE_DIR", "data/cache"))
+    add_flag(ap)
     args = ap.parse_args()
     device = pick_device(args.device)
     if device.type == "cuda":
@@ -147,7 +150,7 @@ def main() -> None:
           + (torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads")
           + (", compiled" if args.compile else ""))
 
-    ratios = {}
+    ratios, rows = {}, []
     for precision in args.precision:
         peak = peak_flops(device, torch.bfloat16 if precision.startswith("bf16") else torch.float32)
         plain, lit = [], []
@@ -166,8 +169,16 @@ def main() -> None:
             print(f"{precision:>10} {name:>9}: {v:9,.0f} tokens/s  MFU {v * flops_tok / peak:5.1%} "
                   f"(of the device's peak, {peak / 1e12:.2f} TFLOP/s)")
         print(f"{precision:>10} lightning/plain tokens/s ratio: {ratios[precision]:.2f}")
+        rows.append([precision, *(f"{v:,.0f} tokens/s, MFU {v * flops_tok / peak:.1%}" for v in (p, li)),
+                     f"{ratios[precision]:.2f}", f"{peak / 1e12:.2f} TFLOP/s"])
     last = "32-true" if "32-true" in ratios else next(iter(ratios))
-    print(f"lightning/plain tokens/s ratio: {ratios[last]:.2f}")
+    last_line = f"lightning/plain tokens/s ratio: {ratios[last]:.2f}"
+    print(last_line)
+    if not args.no_record:
+        columns = ["precision", "plain PyTorch loop", "gptlab (Lightning)", "lightning/plain", "peak (MFU's 100%)"]
+        record("train", {"columns": columns, "rows": rows}, key=args.model + ("-compile" if args.compile else ""),
+               last_line=last_line,
+               notes=f"model={args.model}, batch {args.batch_size}x{cfg.block_size}, median of {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ Each step runs in its own process with its own time limit, and the report goes o
 The report (report.md) lists the machine (device, driver, CUDA, torch, lightning), each step's status, time
 and figures with their targets, and for a failure its last lines; each step's whole output is in <step>.log
 beside it. The summary table is printed at the end. Exit status: 0 when every step ran, 1 otherwise.
+The benchmarks record their tables in results/<GPU kind>.json as they run (scripts/results.py; a dry run's go into
+the report's folder instead): `python scripts/render_results.py` then puts them on the pages.
 """
 
 from __future__ import annotations
@@ -292,6 +294,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "GPTLAB_CACHE_DIR": str(work / "cache")}
     for inherited in ("HYDRA_FULL_ERROR", "GPTLAB_TRACEBACK", "GPTLAB_SWEEP_JOB", "GPTLAB_COMMAND"):
         env.pop(inherited, None)
+    if args.dry_run:  # tiny sizes on the CPU: figures that mean nothing stay out of results/
+        env["GPTLAB_RESULTS_DIR"] = str(work / "results")
     chosen = [s for s in steps(mode, work) if args.only is None or s.name in args.only]
     outcomes, start = [], time.perf_counter()
     for step in chosen:
@@ -304,6 +308,8 @@ def main() -> None:
     print()
     print("\n".join(line for line in text.splitlines() if line.startswith("|")))
     print(f"\nreport: {work / 'report.md'} (each step's output: {work}/<step>.log)")
+    print(f"results: {env.get('GPTLAB_RESULTS_DIR') or REPO / 'results'} (python scripts/render_results.py puts them "
+          "on the pages)")
     sys.exit(0 if all(o.status == "ok" for o in outcomes) else 1)
 
 

@@ -129,3 +129,20 @@ def test_export_without_out_writes_into_the_run_folder(cfg_factory, tmp_path, hf
     assert (run.export / "config.json").is_file()
     with pytest.raises(GptlabError, match="is not a gptlab run: say where to write the export, out=FOLDER"):
         export.run(OmegaConf.create({"ckpt_path": str(hf_gpt2)}))
+
+
+def test_the_one_private_read_of_hydra_still_works():
+    """gptlab.cli.check reads a command line with the parser @hydra.main uses (hydra._internal.utils, pinned below
+    1.4 in pyproject.toml): the attributes it reads must still be there, with these meanings."""
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(["-m", "--cfg", "job", "model=nano", "optim.lr=1e-3,2e-3"])
+    assert (args.multirun, args.cfg, args.overrides) == (True, "job", ["model=nano", "optim.lr=1e-3,2e-3"])
+    for name in ("run", "info", "shell_completion", "hydra_help", "resolve", "config_name"):
+        assert hasattr(args, name), name
+
+
+def test_private_hydra_names_appear_in_the_cli_only():
+    package = Path(__file__).resolve().parents[1] / "gptlab"
+    users = sorted(str(f.relative_to(package)) for f in package.rglob("*.py") if "hydra._internal" in f.read_text())
+    assert users == ["cli.py"], users

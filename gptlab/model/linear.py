@@ -11,7 +11,7 @@ class Linear(nn.Linear):
     """nn.Linear whose products with a few rows (decoding: one token per sequence) use every CPU core. A CPU
     multiplies a matrix by a vector on one core, and one core cannot draw the memory bandwidth that reading the
     weights needs; cut by output rows into one batch entry per thread, the same product runs on all of them
-    (tokens/s on 2 cores, batch 1: 1.2x at model=small, 1.8x at GPT-2 124M; the README's generation table)."""
+    (tokens/s on 2 cores, batch 1: 1.2x at model=small, 1.8x at GPT-2 124M; docs/results.md, Generation)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling() or x.device.type != "cpu" or x.dtype != torch.float32 \

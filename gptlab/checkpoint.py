@@ -15,6 +15,11 @@ A checkpoint is Lightning's file (`state_dict` with `model.*` keys, optimizer an
 A run of objective=grpo also keeps `reference_state_dict`: the weights it started from, the model its KL is measured
 against (loaders ignore it).
 
+A run of finetune=lora records its adapters' settings and what they sit on, `"lora": {"config": {...}, "base":
+"gpt2" or a path, or None, "checksum": ...}`; with a base, its `state_dict` holds the adapters alone (a few MB for
+GPT-2), and `load` rebuilds the base from where it was, checks it is the same (`base_checksum`) and folds the
+adapters in. Without one (adapters on a model trained from scratch) the state_dict holds every weight.
+
 `load` checks the format: format 1 (gptlab 0.1, settings in Lightning's `hyper_parameters`) is converted
 on the fly; a newer format than this gptlab knows is refused in one line.
 """
@@ -29,7 +34,8 @@ import torch
 
 from gptlab import pretrained
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT, GPTConfig, LoRAConfig, adapt, add_lora, merge_lora
+from gptlab.model.lora import base_checksum
 from gptlab.rundir import find_checkpoint
 from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
 
@@ -102,10 +108,12 @@ class Loaded:
         return self.record["config"]
 
 
-def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: Optional[str] = None) -> Loaded:
+def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: Optional[str] = None,
+         merge: bool = True) -> Loaded:
     """Rebuild the model (weights loaded, on `device`, eval mode) and tokenizer from a checkpoint or run dir,
     or from pretrained GPT-2 (`gpt2`, ..., `gpt2-xl`, or a Hugging Face folder: see gptlab.pretrained).
-    dtype: a key of DTYPES to cast the weights to, for inference (None: as stored, float32)."""
+    dtype: a key of DTYPES to cast the weights to, for inference (None: as stored, float32). A LoRA run's adapters
+    are folded into the weights, unless merge=False (the export of the adapters themselves)."""
     to = (device,) if dtype is None else (device, DTYPES[dtype])
     if pretrained.is_pretrained(path):
         model, tokenizer, folder = pretrained.load(path)
@@ -116,6 +124,32 @@ def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype
     rec = read_record(ckpt, ckpt_path)
     model = GPT(GPTConfig(**rec["model"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    lora = rec.get("lora")
+    if lora:  # the adapters on their base, folded in: inference runs a plain GPT
+        if lora["base"]:
+            model = lora_base(lora, model.config, ckpt_path)
+        add_lora(model, LoRAConfig(**lora["config"]))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or (missing if not lora["base"] else [k for k in missing if ".lora_" in k]):
+            raise GptlabError(f"{ckpt_path} does not hold the adapters its record describes: it may be damaged")
+        if merge:
+            merge_lora(model)
+    else:
+        model.load_state_dict(state)
     model.to(*to).eval()
     return Loaded(model, tokenizer_from_dict(rec["tokenizer"]), ckpt_path, int(ckpt.get("global_step", 0)), rec)
+
+
+def lora_base(lora: dict, spec: GPTConfig, path: Path) -> GPT:
+    """The model a LoRA run's adapters sit on, rebuilt from its base as the run built it (`adapt`: the source's
+    weights for the run's context and tokens), and checked to be the same weights."""
+    source = lora["base"]
+    try:
+        model = adapt(load(source).model, spec)
+    except GptlabError as e:
+        raise GptlabError(f"the base of {path}'s adapters, {source}, cannot be loaded: {e}") from None
+    if base_checksum(model) != lora["checksum"]:
+        raise GptlabError(f"{source} is not the base the adapters of {path} were trained on (its weights changed "
+                          f"since: checksum {base_checksum(model)}, the adapters' {lora['checksum']}): "
+                          "restore that base, or train the adapters again on this one")
+    return model

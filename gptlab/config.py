@@ -36,7 +36,7 @@ from gptlab.lit.optim import AdamWConfig, MuonConfig
 from gptlab.lit.rl import GRPOConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.lit.trainer import TrainerConfig, parse_duration
-from gptlab.model import SEED, GPTConfig, SamplingConfig
+from gptlab.model import SEED, GPTConfig, LoRAConfig, SamplingConfig
 from gptlab.rundir import RECORD, RunDir
 from gptlab.tokenizers import TOKENIZERS, TokenizerError
 
@@ -71,6 +71,7 @@ class TrainConfig:
     optim: Any = MISSING  # a _partial_ optimizer: called with the parameter groups
     scheduler: Any = MISSING  # a _partial_ lr schedule
     objective: Any = None  # None: next-token prediction (pretraining, SFT); objective=grpo: GRPOConfig (lit/rl.py)
+    lora: Any = None  # finetune=lora: LoRAConfig (model/lora.py): adapters only, the base frozen
     callbacks: Any = None  # name -> a callback config with _target_
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -144,7 +145,7 @@ class ServeConfig:
     name: Optional[str] = None  # the model's name in the API; None: the run folder's (or the checkpoint's) name
     batch_size: int = 16  # requests decoded together, one KV cache row each
     max_queue: int = 64  # requests that may wait for a row; past that the server answers 429 (try again)
-    max_tokens: Optional[int] = None  # the most new tokens one request may ask for; None: the context's size
+    max_tokens: Optional[int] = None  # the most new tokens one request may ask for; None: the context less one
     max_request_bytes: int = 1_048_576  # a larger request body is refused (413) before it is read
     # torch.compile the one-token step (CUDA graphs on a GPU), once for each power of two of busy rows: each of
     # those compiles when first needed, which holds up the requests of that moment (tens of seconds)
@@ -223,7 +224,9 @@ DEFAULT_OPTIONS: dict[tuple[str, str], type] = {
     ("scheduler", "warmup_cosine"): with_target(WarmupCosine, "gptlab.lit.schedule.WarmupCosine"),
     **{("tokenizer", kind): cls.settings for kind, cls in TOKENIZERS.items()},
     ("objective", "grpo"): GRPOConfig,
+    ("finetune", "lora"): LoRAConfig,
 }
+PACKAGES = {"finetune": "lora"}  # finetune=lora puts its keys at lora.*, as users write them (lora.rank=16)
 
 
 def run_name() -> str:
@@ -258,7 +261,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("gptlab.record", lambda ckpt_path: None if ckpt_path else RECORD, replace=True)
     cs = ConfigStore.instance()
     for (group, name), node in DEFAULT_OPTIONS.items():
-        cs.store(group=group, name=name, node=node)
+        cs.store(group=group, name=name, node=node, package=PACKAGES.get(group))
     for n, node in (("train", TrainConfig), ("generate", GenerateConfig), ("eval", EvalConfig), ("chat", ChatConfig),
                     ("serve", ServeConfig)):
         cs.store(name=f"{n}_schema", node=node)

@@ -2,13 +2,16 @@
 `python -m gptlab.export ckpt_path=RUN_DIR out=exported/`, then `AutoModelForCausalLM.from_pretrained("exported/")`.
 
 Writes config.json, model.safetensors, generation_config.json and the tokenizer: vocab.json + merges.txt for a
-byte-level BPE, tokenizer.json for a char tokenizer. The architecture follows the model's options: GPT-2's, or
+byte-level BPE, tokenizer.json for a char tokenizer. A LoRA run (finetune=lora) exports merged (the adapters folded
+into the weights), or with adapter=true as two folders: base/ (the model the adapters sit on) and adapter/ (PEFT's
+adapter_config.json + adapter_model.safetensors: `PeftModel.from_pretrained(base, "adapter/")`). The architecture follows the model's options: GPT-2's, or
 Llama (rotary + RMSNorm + SwiGLU, grouped-query attention allowed), or Qwen3 (the same with QK-norm). Any other
 combination is refused in one line naming the option, and nothing is written.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -19,8 +22,11 @@ from omegaconf import MISSING, DictConfig
 from gptlab import checkpoint, cli
 from gptlab.config import to_spec
 from gptlab.errors import GptlabError
-from gptlab.model import ConfigError
-from gptlab.model.hf_export import architecture, save_hf_folder
+from gptlab.model import GPT, ConfigError, LoRAConfig
+from gptlab.model.hf_export import architecture, save_hf_folder, writable, write_folder
+from gptlab.model.hf_gpt2 import safetensors_module
+from gptlab.model.hf_peft import adapter_files
+from gptlab.model.lora import adapter_state
 from gptlab.rundir import RunDir
 from gptlab.tokenizers.hf_export import hf_tokenizer_files
 
@@ -31,6 +37,7 @@ class ExportConfig:
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     out: Optional[str] = None  # the folder to write (it must not exist, or be empty); None: the run's hf/ folder
+    adapter: bool = False  # a LoRA run: its base and its PEFT adapter (out/base, out/adapter; None: the run's hf-lora/)
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
@@ -38,7 +45,10 @@ ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 
 def run(node: DictConfig) -> Path:
     cfg = to_spec(ExportConfig, node, "export")
-    loaded = checkpoint.load(cfg.ckpt_path)
+    loaded = checkpoint.load(cfg.ckpt_path, merge=not cfg.adapter)
+    if cfg.adapter and not loaded.record.get("lora"):
+        raise GptlabError(f"{loaded.path} holds no adapters (it was not trained with finetune=lora): "
+                          "export it without adapter=true")
     try:
         arch = architecture(loaded.model.config)
     except ConfigError as e:
@@ -48,7 +58,9 @@ def run(node: DictConfig) -> Path:
     run_dir = RunDir.of(loaded.path)
     if cfg.out is None and not run_dir.is_run():
         raise GptlabError(f"{cfg.ckpt_path} is not a gptlab run: say where to write the export, out=FOLDER")
-    target = Path(cfg.out).expanduser() if cfg.out else run_dir.export
+    target = Path(cfg.out).expanduser() if cfg.out else run_dir.export_adapter if cfg.adapter else run_dir.export
+    if cfg.adapter:
+        return export_adapter(loaded, target, files, arch)
     out = save_hf_folder(loaded.model, target, tokenizer_files=files, eos_token_id=eot)
     print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'written':<12}{out} ({arch}): "
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
@@ -56,9 +68,27 @@ def run(node: DictConfig) -> Path:
     return out
 
 
+def export_adapter(loaded: checkpoint.Loaded, target: Path, tokenizer_files: dict[str, str], arch: str) -> Path:
+    """target/base: the model the adapters sit on, as a Hugging Face folder; target/adapter: the adapters, as PEFT's."""
+    base_dir, adapter_dir = writable(target / "base"), writable(target / "adapter")  # before anything is written
+    state = loaded.model.state_dict()
+    base = GPT(loaded.model.config)
+    base.load_state_dict({k: v for k, v in state.items() if ".lora_" not in k})
+    lora = LoRAConfig(**loaded.record["lora"]["config"])
+    adapter_config, tensors = adapter_files(adapter_state(loaded.model), base.config, lora, arch, str(base_dir))
+    save_hf_folder(base, base_dir, tokenizer_files=tokenizer_files, eos_token_id=loaded.tokenizer.eot_id)
+    write_folder(adapter_dir, {"adapter_config.json": json.dumps(adapter_config, indent=2) + "\n",
+                               "adapter_model.safetensors": safetensors_module().save(tensors)})
+    print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'written':<12}{base_dir} ({arch}), "
+          f"{adapter_dir} (PEFT LoRA, rank {lora.rank}, {sum(t.numel() for t in tensors.values()):,} parameters)")
+    print(f"{'load with':<12}peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({str(base_dir)!r}), "
+          f"{str(adapter_dir)!r})")
+    return target
+
+
 main = cli.entry(run, "export", ("ckpt_path", "out"), ExportConfig,
                  "Export a trained model (and its tokenizer) to the Hugging Face format.",
-                 "ckpt_path=RUN_DIR [out=FOLDER]")
+                 "ckpt_path=RUN_DIR [out=FOLDER] [adapter=true]")
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@
       tensorboard/<version>/     the TensorBoard log (conf/logger/tensorboard.yaml; gptlab plot reads it)
       inspect/                   gptlab inspect's attention maps
       hf/                        gptlab export's Hugging Face folder (when no out= is given)
+      hf-lora/base, hf-lora/adapter   gptlab export adapter=true: the base's folder and the PEFT adapter beside it
       result.json                the run's final figures (a sweep gathers them)
 """
 
@@ -42,6 +43,7 @@ class RunDir:
     record = property(lambda self: self.path / RECORD)
     inspections = property(lambda self: self.path / "inspect")
     export = property(lambda self: self.path / "hf")
+    export_adapter = property(lambda self: self.path / "hf-lora")  # adapter=true: base/ and adapter/
     result = property(lambda self: self.path / "result.json")
 
     def is_run(self) -> bool:

@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Optional
 
 import hydra
@@ -35,7 +36,7 @@ from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBu
 from gptlab.lit.optim import orthogonalises
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops_on_signals
 from gptlab.lit.trainer import TrainerConfig, lightning_settings
-from gptlab.model import GREEDY, GPTConfig, SamplingConfig, complete
+from gptlab.model import GREEDY, GPTConfig, LoRAConfig, SamplingConfig, complete
 from gptlab.model.chat import reply
 from gptlab.start import Start, run_config, start
 from gptlab.usage import train_help
@@ -71,11 +72,16 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
     scheduler = partial_of(cfg.scheduler, "scheduler", SCHEDULES)
     tokenizer = begun.tokenizer or dataclasses.asdict(tokenizer_spec(cfg.tokenizer))
     objective = to_spec(GRPOConfig, cfg.objective, "objective") if cfg.objective is not None else None
+    lora = to_spec(LoRAConfig, cfg.lora, "lora") if cfg.lora is not None else None
+    if lora is not None and "fsdp" in str(trainer_spec.strategy).lower():
+        raise GptlabError("finetune=lora cannot run under FSDP here (it shards the frozen and the trained weights "
+                          "alike): use trainer=ddp, whose adapters' gradients are all that is exchanged")
     datamodule = make_datamodule(data_spec, tokenizer, block_size=model_spec.block_size, seed=cfg.seed,
                                  cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir,
                                  questions=objective is not None)
     parts = dict(model=model_spec, optimizer=optimizer, scheduler=scheduler, compile=compiled,
-                 run_config=run_config(cfg), tokenizer=begun.tokenizer, gpt=begun.model if begun.weights else None)
+                 run_config=run_config(cfg), tokenizer=begun.tokenizer, gpt=begun.model if begun.weights else None,
+                 lora=lora, base=base_of(cfg.init_from) if lora else None)
     module = GPTLitModule(**parts) if objective is None else \
         GRPOModule(objective, load_reward(objective.reward), cfg.seed, **parts)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
@@ -97,6 +103,14 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
             not torch.cuda.is_available() else ""
         raise GptlabError(f"trainer: {' '.join(str(e).split())}{hint}") from None
     return trainer, module, datamodule
+
+
+def base_of(init_from: Optional[str]) -> Optional[str]:
+    """What a LoRA run's checkpoint names as its base: a folder or file as an absolute path, a name (gpt2) as it is."""
+    if not init_from:
+        return None
+    path = Path(str(init_from)).expanduser()
+    return str(path.resolve()) if path.exists() else str(init_from)
 
 
 def train(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optional[float] = None) -> dict[str, float]:
@@ -208,6 +222,8 @@ def checks(cfg: DictConfig) -> None:
     tokenizer_spec(cfg.tokenizer)
     if cfg.objective is not None:
         to_spec(GRPOConfig, cfg.objective, "objective")
+    if cfg.lora is not None:
+        to_spec(LoRAConfig, cfg.lora, "lora")
 
 
 FREE_TEXT = ("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir")  # taken as typed

@@ -16,8 +16,10 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gptlab.devices import peak_flops
 from gptlab.errors import GptlabError
+from gptlab.lit.safety import save_last
 from gptlab.lit.trainer import parse_duration
 from gptlab.model import SamplingConfig, complete
+from gptlab.model.lora import trainable
 from gptlab.viz import attention_maps, layer_images, token_labels
 
 
@@ -111,15 +113,26 @@ class AttentionMaps(Callback):
 
 
 class FinalValidation(Callback):
-    """Make the last step validate (and so checkpoint), whatever val_check_interval is.
+    """Make the last step validate (and so checkpoint), whatever val_check_interval is, and leave last.ckpt at it.
 
     Lightning validates when a callback asks the loop to stop; this asks at max_steps. (TimeBudget stops
-    the same way, so a timed run also ends with a validation.)
+    the same way, so a timed run also ends with a validation.) Lightning (2.6) writes last.ckpt only where it writes
+    best.ckpt: a last validation that did not improve would leave last.ckpt, what a resume starts from, behind.
     """
+
+    def __init__(self) -> None:
+        self._saved_at: Optional[int] = None  # the step of the latest checkpoint written
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._saved_at = trainer.global_step
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._saved_at is not None and self._saved_at != trainer.global_step:
+            save_last(trainer)
 
 
 class TimeBudget(Callback):
@@ -266,6 +279,11 @@ class RunSummary(Callback):
         m, c, tok = pl_module.model, pl_module.config, pl_module.tokenizer
         lines = [f"model    {m.num_params() / 1e6:.2f}M parameters: {c.n_layer} layers x {c.n_head} heads x "
                  f"{c.n_embd}, context {c.block_size}, {tok.kind} vocabulary of {c.vocab_size:,}"]
+        lora = getattr(pl_module, "lora", None)
+        if lora is not None:  # finetune=lora: what trains
+            trains, total = trainable(m)
+            lines.append(f"lora     rank {lora.rank} (alpha {lora.alpha:g}) on {', '.join(lora.targets)}: {trains:,} of "
+                         f"{total:,} parameters train ({trains / total:.2%}), the rest frozen")
         describe = getattr(trainer.datamodule, "describe", None)  # type: ignore[attr-defined]
         if describe is not None:
             lines.append(f"data     {describe()}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import lightning as L
@@ -15,7 +16,8 @@ from gptlab import checkpoint
 from gptlab.errors import GptlabError
 from gptlab.lit.optim import build_optimizer, optimizer_groups
 from gptlab.lit.schedule import WarmupCosine
-from gptlab.model import GPT, GPTConfig, add_tokens
+from gptlab.model import GPT, GPTConfig, LoRAConfig, add_lora, add_tokens
+from gptlab.model.lora import adapters, base_checksum
 from gptlab.tokenizers import Tokenizer
 
 
@@ -27,13 +29,17 @@ class GPTLitModule(L.LightningModule):
     The optimizer and the lr schedule arrive as factories (Hydra's `_partial_: true`): the optimizer takes
     the parameter groups, the schedule nothing. Every checkpoint carries `checkpoint.record(...)`: the model
     spec, the tokenizer and the run's config, so the file alone rebuilds the model and resumes the run.
+    With `lora` (finetune=lora) the model gets adapters once it is built and only they train; a checkpoint then
+    holds the adapters alone when the run started from a `base` (init_from=), which loading rebuilds.
     """
 
     def __init__(self, model: GPTConfig, optimizer: Optional[Callable[..., torch.optim.Optimizer]] = None,
                  scheduler: Optional[Callable[[], WarmupCosine]] = None, compile: bool = False,
                  tokenizer: Optional[Tokenizer] = None, run_config: Optional[dict] = None,
-                 val_tokens_per_char: float = 1.0, gpt: Optional[GPT] = None) -> None:
+                 val_tokens_per_char: float = 1.0, gpt: Optional[GPT] = None, lora: Optional[LoRAConfig] = None,
+                 base: Optional[str] = None) -> None:
         super().__init__()
+        self.lora, self.base, self.base_checksum = lora, base, ""  # finetune=lora; what its adapters sit on
         self.config = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.compile, self.run_config = compile, run_config or {}
@@ -74,6 +80,9 @@ class GPTLitModule(L.LightningModule):
             self.config, self.tokenizer = self.model.config, dm.tokenizer
         if dm is not None and hasattr(dm, "val_tokens_per_char"):
             self.val_tokens_per_char = dm.val_tokens_per_char
+        if self.lora is not None and not any(adapters(self.model)):  # a resume's base is checked on loading
+            self.base_checksum = base_checksum(self.model) if self.base else ""
+            add_lora(self.model, self.lora)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         assert self.model is not None, "the model is built in setup() or from a tokenizer"
@@ -146,3 +155,15 @@ class GPTLitModule(L.LightningModule):
     def on_save_checkpoint(self, ckpt: dict) -> None:
         assert self.model is not None and self.tokenizer is not None
         ckpt["gptlab"] = checkpoint.record(self.config, self.tokenizer, self.run_config, self.val_tokens_per_char)
+        if self.lora is not None:
+            ckpt["gptlab"]["lora"] = {"config": self.lora.to_dict(), "base": self.base, "checksum": self.base_checksum}
+            if self.base:  # the base is where it was: keep the adapters only
+                ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if ".lora_" in k}
+
+    def on_load_checkpoint(self, ckpt: dict) -> None:
+        lora = ckpt.get("gptlab", {}).get("lora")
+        if lora and lora["base"]:  # a resume: the base's weights from where they are, checked, beside the adapters
+            assert self.model is not None
+            base = checkpoint.lora_base(lora, self.config, Path(str(self.trainer.ckpt_path)))
+            ckpt["state_dict"] = {**{f"model.{k}": v for k, v in base.state_dict().items()}, **ckpt["state_dict"]}
+            self.base, self.base_checksum = lora["base"], lora["checksum"]

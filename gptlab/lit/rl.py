@@ -152,6 +152,7 @@ class GRPOModule(GPTLitModule):
             ckpt[REFERENCE] = {k: v.detach().cpu() for k, v in self._reference[0].state_dict().items()}
 
     def on_load_checkpoint(self, ckpt: dict) -> None:
+        super().on_load_checkpoint(ckpt)
         self._reference_state = ckpt.get(REFERENCE)
 
     # -- a step -------------------------------------------------------------------------------------------------

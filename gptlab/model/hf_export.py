@@ -41,9 +41,7 @@ def save_hf_folder(model: GPT, out_dir: PathLike, tokenizer_files: Optional[dict
     """Write a folder that AutoModelForCausalLM.from_pretrained loads: config.json, model.safetensors,
     generation_config.json and the tokenizer files given. bos is eos, as in GPT-2."""
     module = exporter(model.config)  # before anything touches the disk
-    out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise GptlabError(f"{out} already exists and is not empty: choose a new folder or delete it")
+    out = writable(out_dir)
     safetensors = hf_gpt2.safetensors_module()
     sd = module.state_dict_to_hf(model.state_dict(), model.config)
     hf_config = module.config_to_hf(model.config, eos_token_id)
@@ -51,14 +49,26 @@ def save_hf_folder(model: GPT, out_dir: PathLike, tokenizer_files: Optional[dict
     generation = {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
     files = {**(tokenizer_files or {}),  # first: the model's own files below win over same-named ones
              "config.json": json.dumps(hf_config, indent=2) + "\n",
-             "generation_config.json": json.dumps(generation, indent=2) + "\n"}
-    # write beside the target, then rename: a crash never leaves a half-written model folder
+             "generation_config.json": json.dumps(generation, indent=2) + "\n",
+             "model.safetensors": safetensors.save(sd, metadata={"format": "pt"})}
+    return write_folder(out, files)
+
+
+def writable(out_dir: PathLike) -> Path:
+    """The folder to write, refused in one line when it holds anything already."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise GptlabError(f"{out} already exists and is not empty: choose a new folder or delete it")
+    return out
+
+
+def write_folder(out: Path, files: dict[str, Union[str, bytes]]) -> Path:
+    """A folder of these files, written beside the target and renamed: a crash never leaves a half-written one."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        safetensors.save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, content in files.items():
-            (tmp / name).write_bytes(content.encode("utf-8"))
+            (tmp / name).write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
         umask = os.umask(0)
         os.umask(umask)
         for f in tmp.iterdir():  # as readable as any file the user writes (safetensors writes them private)

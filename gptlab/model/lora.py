@@ -1,0 +1,141 @@
+"""Low-rank adapters (LoRA, Hu et al. 2021): fine-tune a big model by training a small change beside its weights.
+
+A target matrix W (out x in) stays frozen; beside it a product B A of rank r (B: out x r, A: r x in) learns the
+change, so a target layer computes
+
+    y = x W^T + b + (alpha / r) * dropout(x) A^T B^T
+
+A starts random and B at zero, so the adapted model starts exactly as the base. Only A and B train: a rank-8
+adapter on every block's four matrices is under 1% of GPT-2's parameters, and the optimizer keeps state for
+those alone. Merging folds the change into the weights (W + (alpha / r) B A): the model is a plain GPT again, with
+the same outputs. Targets use GPT-2's module names, which PEFT's adapters for GPT-2 use too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptlab.model.gpt import GPT, ConfigError
+from gptlab.model.linear import Linear
+
+# every block's matrices: attention's q, k, v (one matrix) and its output projection, the MLP's two (SwiGLU's
+# first holds its gate and up projections)
+TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+@dataclass
+class LoRAConfig:
+    """`finetune=lora`: train low-rank adapters on the targets, everything else frozen."""
+
+    rank: int = 8  # r: the rank of each change B A
+    alpha: float = 16.0  # the change is scaled by alpha / rank, so a new rank needs no new learning rate
+    dropout: float = 0.0  # on the adapters' input only
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))  # which of each block's matrices adapt
+    merge: bool = False  # at the end of the run, also write checkpoints/merged.ckpt: the adapters folded in
+
+    def __post_init__(self) -> None:
+        if int(self.rank) < 1:
+            raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        self.targets = list(self.targets)
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise ConfigError(f"lora.targets: {', '.join(map(repr, unknown)) or 'none given'} "
+                              f"{'is not a target' if len(unknown) == 1 else 'are not targets'}: "
+                              f"use any of {', '.join(TARGETS)}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LoRALinear(Linear):
+    """A Linear whose weight and bias stay as they are (the base's own tensors, frozen) and which learns the
+    low-rank change `lora_B @ lora_A` beside them."""
+
+    def __init__(self, base: nn.Linear, config: LoRAConfig) -> None:
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+        self.weight, self.bias = base.weight, base.bias  # the base's parameters, not copies
+        for p in (self.weight, self.bias):
+            if p is not None:
+                p.requires_grad_(False)
+        kw = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(config.rank, base.in_features, **kw))  # (r, in)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as PEFT's
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, **kw))  # (out, r): starts at zero
+        self.scale = config.scale
+        self.lora_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
+
+    def delta(self) -> torch.Tensor:
+        """The change to the weight, (out, in)."""
+        return (self.lora_B @ self.lora_A) * self.scale
+
+
+def adapters(model: GPT) -> Iterator[tuple[str, LoRALinear]]:
+    """(module name, module) of every adapted matrix."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
+
+
+def add_lora(model: GPT, config: LoRAConfig) -> GPT:
+    """Adapters on the targets of every block, and every other parameter frozen. In place; returns the model."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in model.transformer.h:
+        for target in config.targets:
+            owner, name = target.split(".")
+            parent = getattr(block, owner)
+            setattr(parent, name, LoRALinear(getattr(parent, name), config))
+    return model
+
+
+@torch.no_grad()
+def merge_lora(model: GPT) -> GPT:
+    """The adapters folded into their weights (W + scale * B A), each back to a plain Linear, every parameter
+    trainable again: a plain GPT with the same outputs. In place; returns the model."""
+    for name, module in list(adapters(model)):
+        owner, _, attr = name.rpartition(".")
+        plain = Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        plain.weight = nn.Parameter(module.weight + module.delta().to(module.weight.dtype))
+        plain.bias = module.bias
+        setattr(model.get_submodule(owner), attr, plain)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def adapter_state(model: GPT) -> dict[str, torch.Tensor]:
+    """The adapters' tensors, by their state_dict names (`transformer.h.0.attn.c_attn.lora_A`, ...)."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def base_checksum(model: GPT) -> str:
+    """A fingerprint of the weights the adapters sit on (every tensor but the adapters'), so that adapters are
+    never put on a base other than the one they were trained on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if ".lora_" not in name:
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def trainable(model: nn.Module) -> tuple[int, int]:
+    """(parameters that train, all parameters), tied matrices counted once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

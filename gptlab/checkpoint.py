@@ -16,8 +16,9 @@ A run of objective=grpo also keeps `reference_state_dict`: the weights it starte
 against (loaders ignore it).
 
 A run of finetune=lora records its adapters' settings and what they sit on, `"lora": {"config": {...}, "base":
-"gpt2" or a path, or None, "checksum": ...}`; with a base, its `state_dict` holds the adapters alone (a few MB for
-GPT-2), and `load` rebuilds the base from where it was, checks it is the same (`base_checksum`) and folds the
+"gpt2" or a path, or None, "checksum": ..., "new_tokens_from": the first token row the base lacked, or None}`;
+with a base, its `state_dict` holds the adapters alone (a few MB for GPT-2) and the trained rows of the tokens the
+base lacked (`lora_new_tokens`: chat markers, new characters), and `load` rebuilds the base from where it was, checks it is the same (`base_checksum`) and folds the
 adapters in. Without one (adapters on a model trained from scratch) the state_dict holds every weight.
 
 `load` checks the format: format 1 (gptlab 0.1, settings in Lightning's `hyper_parameters`) is converted
@@ -41,6 +42,7 @@ from gptlab.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT = 2
 REFERENCE = "reference_state_dict"  # an RL run's start weights, beside Lightning's state_dict
+NEW_TOKENS = "model.lora_new_tokens"  # a LoRA run's trained rows of the tokens its base lacks, in its state_dict
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # for inference
 
 
@@ -123,11 +125,15 @@ def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype
     ckpt = read(ckpt_path)
     rec = read_record(ckpt, ckpt_path)
     model = GPT(GPTConfig(**rec["model"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+             if k.startswith("model.") and k != NEW_TOKENS}
     lora = rec.get("lora")
     if lora:  # the adapters on their base, folded in: inference runs a plain GPT
         if lora["base"]:
             model = lora_base(lora, model.config, ckpt_path)
+            if NEW_TOKENS in ckpt["state_dict"]:
+                with torch.no_grad():
+                    model.transformer.wte.weight[lora["new_tokens_from"]:] = ckpt["state_dict"][NEW_TOKENS]
         add_lora(model, LoRAConfig(**lora["config"]))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or (missing if not lora["base"] else [k for k in missing if ".lora_" in k]):

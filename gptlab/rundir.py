@@ -7,6 +7,7 @@
       checkpoints/eval-*.json    gptlab eval's results, beside the checkpoint they score
       tensorboard/<version>/     the TensorBoard log (conf/logger/tensorboard.yaml; gptlab plot reads it)
       inspect/                   gptlab inspect's attention maps
+      checkpoints/merged.ckpt    a LoRA run with lora.merge=true: best.ckpt's adapters folded into the weights
       hf/                        gptlab export's Hugging Face folder (when no out= is given)
       hf-lora/base, hf-lora/adapter   gptlab export adapter=true: the base's folder and the PEFT adapter beside it
       result.json                the run's final figures (a sweep gathers them)
@@ -40,6 +41,7 @@ class RunDir:
     logs = property(lambda self: self.path / "tensorboard")
     best = property(lambda self: self.checkpoints / "best.ckpt")
     last = property(lambda self: self.checkpoints / "last.ckpt")
+    merged = property(lambda self: self.checkpoints / "merged.ckpt")  # lora.merge=true: best.ckpt, adapters folded in
     record = property(lambda self: self.path / RECORD)
     inspections = property(lambda self: self.path / "inspect")
     export = property(lambda self: self.path / "hf")

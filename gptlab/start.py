@@ -37,6 +37,7 @@ class Start:
     model: Optional[GPT] = None
     tokenizer: Optional[Tokenizer] = None
     weights: bool = False
+    new_tokens_from: Optional[int] = None  # a resumed LoRA run's: the first token row that trains (lora record)
 
 
 def start(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
@@ -89,7 +90,8 @@ def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
         if k in cfg and k != "hydra":
             new[k] = cfg[k]
     keep_log(new)
-    return Start(new, path, GPT(GPTConfig(**record["model"])), tokenizer_from_dict(record["tokenizer"]))
+    return Start(new, path, GPT(GPTConfig(**record["model"])), tokenizer_from_dict(record["tokenizer"]),
+                 new_tokens_from=(record.get("lora") or {}).get("new_tokens_from"))
 
 
 def fixed_on_resume() -> list[str]:

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 import gptlab
-from gptlab import cli, sweep
+from gptlab import checkpoint, cli, sweep
 from gptlab.config import (OPTIMIZERS, SCHEDULES, check_top_level, flat, partial_of, register_configs, to_spec,
                            tokenizer_spec)
 from gptlab.data import DataConfig, make_datamodule
@@ -38,6 +38,7 @@ from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops
 from gptlab.lit.trainer import TrainerConfig, lightning_settings
 from gptlab.model import GREEDY, GPTConfig, LoRAConfig, SamplingConfig, complete
 from gptlab.model.chat import reply
+from gptlab.rundir import RunDir
 from gptlab.start import Start, run_config, start
 from gptlab.usage import train_help
 
@@ -81,7 +82,7 @@ def build(cfg: DictConfig, begun: Optional[Start] = None, started: Optional[floa
                                  questions=objective is not None)
     parts = dict(model=model_spec, optimizer=optimizer, scheduler=scheduler, compile=compiled,
                  run_config=run_config(cfg), tokenizer=begun.tokenizer, gpt=begun.model if begun.weights else None,
-                 lora=lora, base=base_of(cfg.init_from) if lora else None)
+                 lora=lora, base=base_of(cfg.init_from) if lora else None, new_tokens_from=begun.new_tokens_from)
     module = GPTLitModule(**parts) if objective is None else \
         GRPOModule(objective, load_reward(objective.reward), cfg.seed, **parts)
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
@@ -190,6 +191,11 @@ def report(trainer: L.Trainer, module: GPTLitModule, cfg: DictConfig, metrics: d
     else:
         print(f"run dir:         {cfg.paths.output_dir}")
     print(f"best checkpoint: {best}")
+    run = RunDir(Path(cfg.paths.output_dir))
+    if module.lora is not None and module.lora.merge and run.best.is_file():  # a plain model, for any tool
+        merged = checkpoint.load(run.best)
+        checkpoint.save(run.merged, merged.model, merged.tokenizer, merged.config)
+        print(f"merged:          {run.merged} (the adapters folded into the weights)")
     log_dir = getattr(trainer.logger, "log_dir", None)
     if log_dir and not trainer.fast_dev_run:
         print(f"tensorboard:     tensorboard --logdir {shlex.quote(str(log_dir))}")

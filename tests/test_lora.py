@@ -156,3 +156,61 @@ def test_adapters_refuse_a_base_that_changed(lora_runs, tmp_path):
     torch.save(state, base / "checkpoints/best.ckpt")
     with pytest.raises(GptlabError, match="is not the base the adapters of .* were trained on"):
         checkpoint.load(run / "checkpoints/last.ckpt")
+
+
+def test_tokens_the_base_lacks_train_and_its_own_stay(lora_runs, cache_dir, tmp_path):
+    """Fine-tuning on conversations adds the chat markers and new characters (digits): their rows train with the
+    adapters (else they would all stay one average row), the base's rows stay, and the checkpoint keeps them."""
+    from tests.conftest import make_cfg
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {a} + {a}?"},
+                                                     {"role": "assistant", "content": str(2 * a)}]}) + "\n"
+                            for a in range(40)))
+    train(make_cfg(tmp_path / "sft", cache_dir, ["data=chat", f"data.path={data}", "finetune=lora", "lora.rank=4",
+                                                 "trainer.max_steps=4", "optim.lr=1e-2",
+                                                 f"init_from={lora_runs / 'base'}"]))
+    saved = torch.load(tmp_path / "sft/checkpoints/last.ckpt", weights_only=True)
+    first = saved["gptlab"]["lora"]["new_tokens_from"]
+    assert first == 65 and checkpoint.NEW_TOKENS in saved["state_dict"]
+    base = checkpoint.load(lora_runs / "base").model.transformer.wte.weight
+    table = checkpoint.load(tmp_path / "sft").model.transformer.wte.weight
+    assert torch.equal(table[:first], base)  # the base's own rows: untouched, weight decay included
+    new = table[first:]
+    assert (new - base.mean(0)).abs().max() > 1e-3 and (new[0] - new[1:]).abs().max() > 1e-3  # trained, apart
+
+
+def test_settings_that_cannot_work_are_one_line(lora_runs, cache_dir, tmp_path):
+    from omegaconf import OmegaConf
+
+    from gptlab import export
+    from gptlab.__main__ import check
+    from tests.conftest import make_cfg
+
+    assert check(["train", "finetune=lora", "lora.rank=0"]) == "error: lora.rank must be >= 1, got 0"
+    assert "is not a target" in check(["train", "finetune=lora", "lora.targets=[attn.c_attn,wte]"])
+    with pytest.raises(GptlabError, match="finetune=lora cannot run under FSDP"):
+        train(make_cfg(tmp_path / "fsdp", cache_dir, ["finetune=lora", "trainer=fsdp", f"init_from={lora_runs / 'base'}"]))
+    assert not (tmp_path / "fsdp").exists()
+    with pytest.raises(GptlabError, match="holds no adapters .* export it without adapter=true"):
+        export.run(OmegaConf.create({"ckpt_path": str(lora_runs / "base"), "out": str(tmp_path / "x"), "adapter": True}))
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_adapter_writes_the_base_and_a_peft_adapter_of_the_run(lora_runs, tmp_path):
+    pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from omegaconf import OmegaConf
+    from peft import PeftModel
+
+    from gptlab import export
+
+    export.run(OmegaConf.create({"ckpt_path": str(lora_runs / "straight"), "out": str(tmp_path / "x"), "adapter": True}))
+    assert sorted(p.name for p in (tmp_path / "x/adapter").iterdir()) == ["adapter_config.json",
+                                                                        "adapter_model.safetensors"]
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "x/base")
+    theirs = PeftModel.from_pretrained(base, tmp_path / "x/adapter").eval()
+    ours = checkpoint.load(lora_runs / "straight").model
+    x = torch.randint(0, 65, (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(theirs(x).logits, ours(x)[0], atol=1e-4)

@@ -17,7 +17,9 @@ from gptlab.errors import GptlabError
 from gptlab.lit.optim import build_optimizer, optimizer_groups
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, LoRAConfig, add_lora, add_tokens
-from gptlab.model.lora import adapters, base_checksum
+from gptlab.model.lora import adapters, base_checksum, train_new_tokens
+
+NEW_TOKENS = checkpoint.NEW_TOKENS
 from gptlab.tokenizers import Tokenizer
 
 
@@ -37,9 +39,10 @@ class GPTLitModule(L.LightningModule):
                  scheduler: Optional[Callable[[], WarmupCosine]] = None, compile: bool = False,
                  tokenizer: Optional[Tokenizer] = None, run_config: Optional[dict] = None,
                  val_tokens_per_char: float = 1.0, gpt: Optional[GPT] = None, lora: Optional[LoRAConfig] = None,
-                 base: Optional[str] = None) -> None:
+                 base: Optional[str] = None, new_tokens_from: Optional[int] = None) -> None:
         super().__init__()
         self.lora, self.base, self.base_checksum = lora, base, ""  # finetune=lora; what its adapters sit on
+        self.new_tokens_from = new_tokens_from  # LoRA: the token rows the base lacks train too, from this one
         self.config = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.compile, self.run_config = compile, run_config or {}
@@ -77,12 +80,15 @@ class GPTLitModule(L.LightningModule):
         elif dm is not None and self.tokenizer is not None and dm.tokenizer.vocab_size > self.tokenizer.vocab_size:
             # the data grew the tokenizer (chat markers, new characters): the model gets rows for the new ids
             self.model = add_tokens(self.model, self.tokenizer.vocab_size, dm.tokenizer.vocab_size)
+            self.new_tokens_from = self.tokenizer.vocab_size
             self.config, self.tokenizer = self.model.config, dm.tokenizer
         if dm is not None and hasattr(dm, "val_tokens_per_char"):
             self.val_tokens_per_char = dm.val_tokens_per_char
         if self.lora is not None and not any(adapters(self.model)):  # a resume's base is checked on loading
             self.base_checksum = base_checksum(self.model) if self.base else ""
             add_lora(self.model, self.lora)
+            if self.new_tokens_from is not None:
+                train_new_tokens(self.model, self.new_tokens_from)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         assert self.model is not None, "the model is built in setup() or from a tokenizer"
@@ -156,14 +162,22 @@ class GPTLitModule(L.LightningModule):
         assert self.model is not None and self.tokenizer is not None
         ckpt["gptlab"] = checkpoint.record(self.config, self.tokenizer, self.run_config, self.val_tokens_per_char)
         if self.lora is not None:
-            ckpt["gptlab"]["lora"] = {"config": self.lora.to_dict(), "base": self.base, "checksum": self.base_checksum}
-            if self.base:  # the base is where it was: keep the adapters only
-                ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if ".lora_" in k}
+            ckpt["gptlab"]["lora"] = {"config": self.lora.to_dict(), "base": self.base, "checksum": self.base_checksum,
+                                      "new_tokens_from": self.new_tokens_from}
+            if self.base:  # the base is where it was: keep the adapters only, and the rows of the tokens it lacks
+                state = ckpt["state_dict"]
+                ckpt["state_dict"] = {k: v for k, v in state.items() if ".lora_" in k}
+                if self.new_tokens_from is not None:
+                    ckpt["state_dict"][NEW_TOKENS] = state["model.transformer.wte.weight"][self.new_tokens_from:].clone()
 
     def on_load_checkpoint(self, ckpt: dict) -> None:
         lora = ckpt.get("gptlab", {}).get("lora")
         if lora and lora["base"]:  # a resume: the base's weights from where they are, checked, beside the adapters
             assert self.model is not None
             base = checkpoint.lora_base(lora, self.config, Path(str(self.trainer.ckpt_path)))
-            ckpt["state_dict"] = {**{f"model.{k}": v for k, v in base.state_dict().items()}, **ckpt["state_dict"]}
+            state = dict(ckpt["state_dict"])
+            if NEW_TOKENS in state:
+                with torch.no_grad():
+                    base.transformer.wte.weight[lora["new_tokens_from"]:] = state.pop(NEW_TOKENS)
+            ckpt["state_dict"] = {**{f"model.{k}": v for k, v in base.state_dict().items()}, **state}
             self.base, self.base_checksum = lora["base"], lora["checksum"]

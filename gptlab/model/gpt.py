@@ -336,14 +336,16 @@ class GPT(nn.Module):
 
 
 def param_groups(model: GPT, hidden: bool = False) -> list[dict]:
-    """AdamW groups: matrices (Linear weights, embeddings) decay at the optimizer's weight_decay;
-    biases and norm gains do not decay. hidden=True: the blocks' matrices in a group of their own first, marked
-    `muon` (Muon orthogonalises the updates of hidden matrices; embeddings and the head stay with AdamW)."""
+    """AdamW groups: matrices (Linear weights, embeddings) decay at the optimizer's weight_decay; biases, norm
+    gains and a table marked `no_decay` (lora.train_new_tokens) do not decay. hidden=True: the blocks' matrices
+    in a group of their own first, marked `muon` (Muon orthogonalises the updates of hidden matrices; embeddings
+    and the head stay with AdamW)."""
     in_blocks = {id(p) for p in model.transformer.h.parameters()} if hidden else set()
     matrices, decay, no_decay = [], [], []
     for p in model.parameters():  # .parameters() yields a tied matrix once
         if p.requires_grad:
-            (no_decay if p.dim() < 2 else matrices if id(p) in in_blocks else decay).append(p)
+            (no_decay if p.dim() < 2 or getattr(p, "no_decay", False) else matrices if id(p) in in_blocks
+             else decay).append(p)
     # names label the groups in logs (lr/decay)
     groups = [{"params": decay, "name": "decay"}, {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     return [{"params": matrices, "name": "hidden", "muon": True}, *groups] if hidden else groups

@@ -119,6 +119,19 @@ def merge_lora(model: GPT) -> GPT:
     return model
 
 
+def train_new_tokens(model: GPT, first: int) -> None:
+    """The token table's rows from `first` on train beside the adapters: tokens the base never saw (chat markers, a
+    char model's new characters) would otherwise all stay the one average row they start as, and the model could
+    not tell them apart. The base's rows stay as they are: their gradient is zeroed and no weight decay reaches
+    the table (`param_groups` reads `no_decay`). A tied head shares the table, and so the rows."""
+    table = model.transformer.wte.weight
+    keep = torch.zeros(table.shape[0], 1, dtype=table.dtype, device=table.device)
+    keep[first:] = 1
+    table.requires_grad_(True)
+    table.register_hook(lambda grad: grad * keep)
+    table.no_decay, table.trained_from = True, first  # type: ignore[attr-defined]
+
+
 def adapter_state(model: GPT) -> dict[str, torch.Tensor]:
     """The adapters' tensors, by their state_dict names (`transformer.h.0.attn.c_attn.lora_A`, ...)."""
     return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
@@ -136,6 +149,8 @@ def base_checksum(model: GPT) -> str:
 
 
 def trainable(model: nn.Module) -> tuple[int, int]:
-    """(parameters that train, all parameters), tied matrices counted once."""
+    """(parameters that train, all parameters), tied matrices counted once; of a table whose new rows train
+    (train_new_tokens), those rows."""
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    trains = sum((p.shape[0] - getattr(p, "trained_from", 0)) * p[0].numel() if p.requires_grad else 0 for p in params)
+    return trains, sum(p.numel() for p in params)

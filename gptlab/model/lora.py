@@ -32,7 +32,7 @@ TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 @dataclass
 class LoRAConfig:
-    """`finetune=lora`: train low-rank adapters on the targets, everything else frozen."""
+    """Low-rank adapters (LoRA) on the targets of every block: only they train, the base stays frozen (lora.*)."""
 
     rank: int = 8  # r: the rank of each change B A
     alpha: float = 16.0  # the change is scaled by alpha / rank, so a new rank needs no new learning rate

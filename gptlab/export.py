@@ -7,6 +7,9 @@ into the weights), or with adapter=true as two folders: base/ (the model the ada
 adapter_config.json + adapter_model.safetensors: `PeftModel.from_pretrained(base, "adapter/")`). The architecture follows the model's options: GPT-2's, or
 Llama (rotary + RMSNorm + SwiGLU, grouped-query attention allowed), or Qwen3 (the same with QK-norm). Any other
 combination is refused in one line naming the option, and nothing is written.
+
+format=gguf writes one GGUF file for llama.cpp instead (weights, architecture and tokenizer, a chat model's template
+too): `gptlab export ckpt_path=RUN_DIR format=gguf type=q8_0` -> RUN_DIR/model-q8_0.gguf (gptlab/model/gguf_export.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from gptlab import checkpoint, cli
 from gptlab.config import to_spec
 from gptlab.errors import GptlabError
 from gptlab.model import GPT, ConfigError, LoRAConfig
+from gptlab.model.gguf_export import TYPES, check as gguf_check, gguf_module, save_gguf
 from gptlab.model.hf_export import architecture, save_hf_folder, writable, write_folder
 from gptlab.model.hf_gpt2 import safetensors_module
 from gptlab.model.hf_peft import adapter_files
@@ -33,11 +37,23 @@ from gptlab.tokenizers.hf_export import hf_tokenizer_files
 
 @dataclass
 class ExportConfig:
-    """python -m gptlab.export: a checkpoint as a Hugging Face folder."""
+    """python -m gptlab.export: a checkpoint as a Hugging Face folder, or as one GGUF file for llama.cpp."""
 
     ckpt_path: str = MISSING  # a .ckpt file, or a run dir (its best checkpoint, else its last)
     out: Optional[str] = None  # the folder to write (it must not exist, or be empty); None: the run's hf/ folder
     adapter: bool = False  # a LoRA run: its base and its PEFT adapter (out/base, out/adapter; None: the run's hf-lora/)
+    format: str = "hf"  # "hf": a Hugging Face folder; "gguf": one file for llama.cpp (out=FILE.gguf, a new file)
+    type: str = "f32"  # format=gguf: the matrices' type, f32, f16 or q8_0 (None out: the run's model-<type>.gguf)
+
+    def __post_init__(self) -> None:
+        if self.format not in ("hf", "gguf"):
+            raise GptlabError(f"format={self.format!r} is not one of hf, gguf")
+        if self.format == "gguf" and self.type not in TYPES:
+            raise GptlabError(f"type={self.type!r} is not one of {', '.join(TYPES)}")
+        if self.format == "hf" and self.type != "f32":
+            raise GptlabError(f"type={self.type} is for format=gguf: a Hugging Face folder keeps the weights' dtype")
+        if self.format == "gguf" and self.adapter:
+            raise GptlabError("adapter=true writes a PEFT adapter (format=hf): a GGUF export holds the merged model")
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
@@ -45,7 +61,11 @@ ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 
 def run(node: DictConfig) -> Path:
     cfg = to_spec(ExportConfig, node, "export")
+    if cfg.format == "gguf":
+        gguf_module()  # the one-line install hint before the checkpoint is read
     loaded = checkpoint.load(cfg.ckpt_path, merge=not cfg.adapter)
+    if cfg.format == "gguf":
+        return export_gguf(loaded, cfg)
     if cfg.adapter and not loaded.record.get("lora"):
         raise GptlabError(f"{loaded.path} holds no adapters (it was not trained with finetune=lora): "
                           "export it without adapter=true")
@@ -86,9 +106,26 @@ def export_adapter(loaded: checkpoint.Loaded, target: Path, tokenizer_files: dic
     return target
 
 
+def export_gguf(loaded: checkpoint.Loaded, cfg: ExportConfig) -> Path:
+    """One GGUF file: the model (adapters merged), its architecture's metadata and its tokenizer."""
+    try:
+        arch, _ = gguf_check(loaded.model, loaded.tokenizer, cfg.type)
+    except GptlabError as e:
+        raise GptlabError(f"{loaded.path} cannot be exported: {e}") from None
+    run_dir = RunDir.of(loaded.path)
+    if cfg.out is None and not run_dir.is_run():
+        raise GptlabError(f"{cfg.ckpt_path} is not a gptlab run: say where to write the export, out=FILE.gguf")
+    target = Path(cfg.out).expanduser() if cfg.out else run_dir.gguf(cfg.type)
+    out = save_gguf(loaded.model, loaded.tokenizer, target, cfg.type, name=run_dir.path.name)
+    print(f"{'checkpoint':<12}{loaded.path} (step {loaded.step})\n{'written':<12}{out} (llama.cpp {arch}, "
+          f"{cfg.type}, {out.stat().st_size / 2**20:,.1f} MiB)")
+    print(f"{'run with':<12}llama-cli -m {out}   or   llama_cpp.Llama(model_path={str(out)!r})")
+    return out
+
+
 main = cli.entry(run, "export", ("ckpt_path", "out"), ExportConfig,
-                 "Export a trained model (and its tokenizer) to the Hugging Face format.",
-                 "ckpt_path=RUN_DIR [out=FOLDER] [adapter=true]")
+                 "Export a trained model (and its tokenizer) to the Hugging Face format, or to GGUF for llama.cpp.",
+                 "ckpt_path=RUN_DIR [out=FOLDER] [adapter=true] [format=gguf [type=f32|f16|q8_0]]")
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@
       checkpoints/merged.ckpt    a LoRA run with lora.merge=true: best.ckpt's adapters folded into the weights
       hf/                        gptlab export's Hugging Face folder (when no out= is given)
       hf-lora/base, hf-lora/adapter   gptlab export adapter=true: the base's folder and the PEFT adapter beside it
+      model-<type>.gguf          gptlab export format=gguf type=<type>: one file for llama.cpp
       result.json                the run's final figures (a sweep gathers them)
 """
 
@@ -50,6 +51,10 @@ class RunDir:
 
     def is_run(self) -> bool:
         return self.checkpoints.is_dir()
+
+    def gguf(self, type: str) -> Path:
+        """gptlab export format=gguf's file of that tensor type (f32, f16, q8_0)."""
+        return self.path / f"model-{type}.gguf"
 
     @staticmethod
     def evaluation(checkpoint: Path, data: str) -> Path:

@@ -130,10 +130,7 @@ def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype
     lora = rec.get("lora")
     if lora:  # the adapters on their base, folded in: inference runs a plain GPT
         if lora["base"]:
-            model = lora_base(lora, model.config, ckpt_path)
-            if NEW_TOKENS in ckpt["state_dict"]:
-                with torch.no_grad():
-                    model.transformer.wte.weight[lora["new_tokens_from"]:] = ckpt["state_dict"][NEW_TOKENS]
+            model = lora_base(lora, model.config, ckpt_path, ckpt["state_dict"].get(NEW_TOKENS))
         add_lora(model, LoRAConfig(**lora["config"]))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or (missing if not lora["base"] else [k for k in missing if ".lora_" in k]):
@@ -146,9 +143,10 @@ def load(path: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype
     return Loaded(model, tokenizer_from_dict(rec["tokenizer"]), ckpt_path, int(ckpt.get("global_step", 0)), rec)
 
 
-def lora_base(lora: dict, spec: GPTConfig, path: Path) -> GPT:
+def lora_base(lora: dict, spec: GPTConfig, path: Path, new_rows: Optional[torch.Tensor] = None) -> GPT:
     """The model a LoRA run's adapters sit on, rebuilt from its base as the run built it (`adapt`: the source's
-    weights for the run's context and tokens), and checked to be the same weights."""
+    weights for the run's context and tokens), checked to be the same weights, with the run's trained rows of the
+    tokens the base lacked (`new_rows`, the checkpoint's NEW_TOKENS) put in."""
     source = lora["base"]
     try:
         model = adapt(load(source).model, spec)
@@ -158,4 +156,7 @@ def lora_base(lora: dict, spec: GPTConfig, path: Path) -> GPT:
         raise GptlabError(f"{source} is not the base the adapters of {path} were trained on (its weights changed "
                           f"since: checksum {base_checksum(model)}, the adapters' {lora['checksum']}): "
                           "restore that base, or train the adapters again on this one")
+    if new_rows is not None:
+        with torch.no_grad():
+            model.transformer.wte.weight[lora["new_tokens_from"]:] = new_rows
     return model

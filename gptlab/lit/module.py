@@ -168,16 +168,15 @@ class GPTLitModule(L.LightningModule):
                 state = ckpt["state_dict"]
                 ckpt["state_dict"] = {k: v for k, v in state.items() if ".lora_" in k}
                 if self.new_tokens_from is not None:
-                    ckpt["state_dict"][NEW_TOKENS] = state["model.transformer.wte.weight"][self.new_tokens_from:].clone()
+                    table = state["model.transformer.wte.weight"]
+                    ckpt["state_dict"][NEW_TOKENS] = table[self.new_tokens_from:].clone()
 
     def on_load_checkpoint(self, ckpt: dict) -> None:
         lora = ckpt.get("gptlab", {}).get("lora")
         if lora and lora["base"]:  # a resume: the base's weights from where they are, checked, beside the adapters
             assert self.model is not None
-            base = checkpoint.lora_base(lora, self.config, Path(str(self.trainer.ckpt_path)))
             state = dict(ckpt["state_dict"])
-            if NEW_TOKENS in state:
-                with torch.no_grad():
-                    base.transformer.wte.weight[lora["new_tokens_from"]:] = state.pop(NEW_TOKENS)
+            base = checkpoint.lora_base(lora, self.config, Path(str(self.trainer.ckpt_path)),
+                                        state.pop(NEW_TOKENS, None))
             ckpt["state_dict"] = {**{f"model.{k}": v for k, v in base.state_dict().items()}, **state}
             self.base, self.base_checksum = lora["base"], lora["checksum"]

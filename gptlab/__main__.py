@@ -36,8 +36,6 @@ def check(argv: Sequence[str], typed_as: Optional[str] = None) -> Optional[str]:
     keys, types, ranges; each value of a sweep). Nothing runs and no file is read: ckpt_path=RUN_DIR or
     data.path=my_novel.txt pass. typed_as: the command as typed (`python -m gptlab.train`), which error lines name;
     by default `gptlab NAME`. tests/test_docs.py checks the documentation's commands with it."""
-    import importlib
-
     from gptlab import cli
 
     if not argv or argv[0] in ("-h", "--help"):
@@ -45,8 +43,20 @@ def check(argv: Sequence[str], typed_as: Optional[str] = None) -> Optional[str]:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         return unknown(name)
-    importlib.import_module(f"gptlab.{name}")  # its entry point says what its command line takes
-    return cli.check(cli.COMMAND_LINES[name], rest, typed_as or f"gptlab {name}")
+    return cli.check(command_line(name), rest, typed_as or f"gptlab {name}")
+
+
+def command_line(name: str) -> "cli.CommandLine":
+    """What `gptlab NAME` takes: its entry point says so when imported (training's is known without importing
+    it, and Lightning with it)."""
+    import importlib
+
+    from gptlab import cli, config
+
+    config.register_configs()  # the schemas Hydra composes with, which importing an entry point also registers
+    if name not in cli.COMMAND_LINES:
+        importlib.import_module(f"gptlab.{name}")
+    return cli.COMMAND_LINES[name]
 
 
 def main() -> None:
@@ -59,9 +69,24 @@ def main() -> None:
         print(unknown(name), file=sys.stderr)
         sys.exit(2)
     os.environ["GPTLAB_COMMAND"] = f"gptlab {name}"  # hints name the command as typed
+    answered(name, rest)
     sys.argv = [sys.argv[0], *rest]
     # run the entry as __main__ with its own module spec, so that a DDP launch re-runs `python -m gptlab.<name>`
     runpy.run_module(f"gptlab.{name}", run_name="__main__", alter_sys=True)
+
+
+def answered(name: str, rest: list[str]) -> None:
+    """--help and a mistake on the command line answered before the command's module is imported (for training,
+    before Lightning is): exit with the help (0) or the error line (2); return when the command should run."""
+    from gptlab import cli
+
+    line = command_line(name)
+    cli.COMMAND = f"gptlab {name}"
+    cli.answer_help(line.help, rest)
+    error = check([name, *rest])
+    if error is not None:
+        print(error, file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from gptlab.config import literal, to_spec
-from gptlab.errors import GptlabError
+from gptlab.config import TRAIN_FREE_TEXT, check_train, groups, literal, options, to_spec
+from gptlab.errors import GptlabError, did_you_mean
 from gptlab.rundir import RECORD
 from gptlab.model import ConfigError
 from gptlab.tokenizers import TokenizerError
+from gptlab.usage import entry_help, train_help
 
 T = TypeVar("T")
 COMMAND = "python -m gptlab.train"  # the entry point being run, for hints; set by run()
@@ -51,7 +52,13 @@ def one_line(ex: BaseException) -> str:
         return f"{COMMAND} has no option {str(ex).split(chr(39))[1]}: {COMMAND} --help lists what it takes"
     if str(ex).startswith("Could not override") and isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         key = str(ex).split("'")[1]
-        return f"unknown config key {key}: check its spelling | {COMMAND} --help lists what it takes"
+        return f"unknown config key {key}{closest_key(cause)}: check its spelling | {COMMAND} --help lists what it takes"
+    missing = re.search(r"Could not (?:load|find) '([\w/]+)/([^']+)'", str(ex))
+    if missing:  # an option no group has: name the ones it has
+        group, option = missing.groups()
+        more = f"{COMMAND} --help {group} says what each sets" if "/" not in group else f"{COMMAND} --help"
+        return (f"{group}={option} is not an option{did_you_mean(option, options(group))}: {group} is one of "
+                f"{', '.join(options(group))} | {more}")
     parts = [str(ex)]
     if isinstance(ex, HydraException) and isinstance(cause, OmegaConfBaseException):
         parts.append(str(cause).splitlines()[0] if str(cause) else "")
@@ -66,6 +73,18 @@ def one_line(ex: BaseException) -> str:
     if isinstance(ex, (HydraException, OmegaConfBaseException)):
         text += f" | every key: {COMMAND} --cfg job"
     return text
+
+
+def closest_key(error: BaseException) -> str:
+    """" (did you mean trainer.max_time?)" for OmegaConf's unknown-key error: the closest key beside it (at the top,
+    the groups left at null too: experiment, lever, ...)."""
+    parent, key, full = (getattr(error, a, None) for a in ("parent_node", "key", "full_key"))
+    if parent is None or key is None:
+        return ""
+    prefix = str(full)[: -len(str(key))] if full and str(full).endswith(str(key)) else ""
+    known = [str(k) for k in parent.keys()] + (groups() if not prefix else [])
+    hint = did_you_mean(str(key), known)
+    return hint.replace("mean ", f"mean {prefix}", 1) if prefix else hint
 
 
 class _DropBanners(logging.Filter):
@@ -138,12 +157,7 @@ def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
     if module == "__main__":  # run with -m: the module's real name is in its spec
         module = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", module)
     COMMAND = os.environ.get(COMMAND_ENV) or f"python -m {module}"
-    asked = next((i for i, a in enumerate(sys.argv) if a in ("-h", "--help")), None)
-    if help is not None and asked is not None:
-        word = sys.argv[asked + 1] if asked + 1 < len(sys.argv) else None
-        text = help if isinstance(help, str) else help(word)
-        print(text.replace("{command}", COMMAND), file=sys.stderr if text.startswith("error:") else sys.stdout)
-        sys.exit(2 if text.startswith("error:") else 0)
+    answer_help(help, sys.argv[1:])
     if positional and len(sys.argv) > 1 and "=" not in sys.argv[1] and not sys.argv[1].startswith("-"):
         sys.argv[1] = f"{positional}={sys.argv[1]}"
     sys.argv[1:] = verbatim(sys.argv[1:], free_text)
@@ -159,6 +173,21 @@ def run(hydra_main: Callable[[], object], free_text: Sequence[str] = (),
         fail(ex)
 
 
+def answer_help(help: Union[str, Callable[[Optional[str]], str], None], argv: Sequence[str]) -> None:
+    """`-h`/`--help [WORD]` anywhere in argv: print the help (of WORD, a group) and exit; otherwise return."""
+    asked = next((i for i, a in enumerate(argv) if a in ("-h", "--help")), None)
+    if help is None or asked is None:
+        return
+    word = argv[asked + 1] if asked + 1 < len(argv) else None
+    text = help if isinstance(help, str) else help(word)
+    try:
+        print(text.replace("{command}", COMMAND), file=sys.stderr if text.startswith("error:") else sys.stdout,
+              flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")
+    sys.exit(2 if text.startswith("error:") else 0)
+
+
 @dataclass(frozen=True)
 class CommandLine:
     """What an entry point's command line takes, as `run` is given it, for `check`: its config, the keys of free
@@ -172,7 +201,9 @@ class CommandLine:
     checks: Optional[Callable[[DictConfig], object]] = None
 
 
-COMMAND_LINES: dict[str, CommandLine] = {}  # config name -> its entry point's, filled as each entry is imported
+# config name -> its entry point's, filled as each entry is imported; training's is known without importing it
+# (and Lightning), so that `gptlab train --help` and a typo are answered at once
+COMMAND_LINES: dict[str, CommandLine] = {"train": CommandLine("train", TRAIN_FREE_TEXT, train_help, checks=check_train)}
 
 
 def check(line: CommandLine, argv: Sequence[str], command: str) -> Optional[str]:
@@ -259,8 +290,6 @@ def entry(task: Callable[[DictConfig], object], config_name: str, free_text: Seq
           usage: str, notes: str = "", positional: Optional[str] = None) -> Callable[[], None]:
     """An entry point's main(): `task` run by Hydra on conf/<config_name>.yaml, through `run`, with a --help that
     lists the settings of `spec`; `positional`: the key a bare first argument sets."""
-    from gptlab.usage import entry_help
-
     hydra_main = hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)
     help_text = lambda _: entry_help(title, usage, spec, notes=notes)  # noqa: E731
     COMMAND_LINES[config_name] = CommandLine(config_name, tuple(free_text), help_text, positional,

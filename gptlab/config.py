@@ -1,8 +1,8 @@
 """The entry points' typed configs, and turning a composed config node into the typed spec it describes.
 
 Each configured object has one typed spec beside its owner, holding its defaults: `GPTConfig`
-(model/gpt.py), `DataConfig` (data/datamodule.py), the tokenizers' `settings` (tokenizers/), `TrainerConfig`
-(lit/trainer.py), `GRPOConfig` (lit/rl.py), `AdamWConfig` (lit/optim.py), `WarmupCosine` (lit/schedule.py), `SamplingConfig`
+(model/gpt.py), `DataConfig` (data/config.py), the tokenizers' `settings` (tokenizers/), `TrainerConfig`
+(lit/trainer.py), `GRPOConfig` (lit/grpo.py), `AdamWConfig` (lit/optim.py), `WarmupCosine` (lit/schedule.py), `SamplingConfig`
 (model/sampling.py). The schemas Hydra checks while composing are those classes themselves; the YAML
 files under conf/ state only what differs from them. Nodes whose type depends on a choice (tokenizer by
 `kind`, optim by `_target_`) get the schema of their option (`DEFAULT_OPTIONS`), and every node is
@@ -16,6 +16,7 @@ import functools
 import hashlib
 import re
 import typing
+from importlib import resources
 from pathlib import Path
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, make_dataclass
@@ -31,9 +32,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gptlab.checkpoint import DTYPES
 from gptlab.data import KINDS, DataConfig
-from gptlab.errors import GptlabError
+from gptlab.errors import GptlabError, did_you_mean
 from gptlab.lit.optim import AdamWConfig, MuonConfig
-from gptlab.lit.rl import GRPOConfig
+from gptlab.lit.grpo import GRPOConfig
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.lit.trainer import TrainerConfig, parse_duration
 from gptlab.model import SEED, GPTConfig, LoRAConfig, SamplingConfig
@@ -70,7 +71,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: Any = MISSING  # a _partial_ optimizer: called with the parameter groups
     scheduler: Any = MISSING  # a _partial_ lr schedule
-    objective: Any = None  # None: next-token prediction (pretraining, SFT); objective=grpo: GRPOConfig (lit/rl.py)
+    objective: Any = None  # None: next-token prediction (pretraining, SFT); objective=grpo: GRPOConfig (lit/grpo.py)
     lora: Any = None  # finetune=lora: LoRAConfig (model/lora.py): adapters only, the base frozen
     callbacks: Any = None  # name -> a callback config with _target_
     logger: Any = None
@@ -142,7 +143,7 @@ class ServeConfig:
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, mps
     dtype: Optional[str] = None  # None: the checkpoint's (float32); auto: bfloat16 where a probe finds it fast
     api_key: Optional[str] = None  # when set (here or in GPTLAB_API_KEY), every API request must bring it
-    name: Optional[str] = None  # the model's name in the API; None: the run folder's (or the checkpoint's) name
+    name: Optional[str] = None  # the model's name in the API; None: the run's (its folder's, or its experiment's)
     batch_size: int = 16  # requests decoded together, one KV cache row each
     max_queue: int = 64  # requests that may wait for a row; past that the server answers 429 (try again)
     max_tokens: Optional[int] = None  # the most new tokens one request may ask for; None: the context less one
@@ -337,12 +338,27 @@ def tokenizer_spec(node: Any) -> Any:
     return to_spec(TOKENIZERS[kind].settings, node, "tokenizer")
 
 
+def groups() -> list[str]:
+    """The config groups of conf/ (model, data, lever, experiment, ...)."""
+    return sorted(p.name for p in resources.files("gptlab.conf").iterdir() if p.is_dir() and p.name != "hydra"
+                  and not p.name.startswith("_"))
+
+
+def options(group: str) -> list[str]:
+    """A group's options: its YAML files and the specs that are options as they are (config.DEFAULT_OPTIONS)."""
+    folder = resources.files("gptlab.conf").joinpath(*group.split("/"))
+    files = [p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")] if folder.is_dir() else []
+    return sorted({*files, *(o for g, o in DEFAULT_OPTIONS if g == group)})
+
+
 def check_top_level(cfg: DictConfig) -> None:
     """Hydra lets `+key=value` add keys even to a typed config; a typo there is an error, not ignored."""
     known = {f.name for f in fields(TrainConfig)} | {"hydra"}
     unknown = [k for k in cfg.keys() if k not in known]
     if unknown:
-        raise GptlabError(f"unknown config key {unknown[0]}: the top level takes {', '.join(sorted(known))}")
+        raise GptlabError(f"unknown config key {unknown[0]}{did_you_mean(unknown[0], known | set(groups()))}: the "
+                          "top level takes "
+                          f"{', '.join(sorted(known))}")
     if cfg.sample_tokens < 0:
         raise GptlabError(f"sample_tokens must be >= 0 (0: no sample), got {cfg.sample_tokens}")
     if cfg.compile not in (True, False, "auto"):
@@ -354,3 +370,22 @@ def check_top_level(cfg: DictConfig) -> None:
             raise GptlabError(f"{e}, or null") from None
     if cfg.matmul_precision not in ("highest", "high", "medium"):
         raise GptlabError(f"matmul_precision={cfg.matmul_precision} is not one of highest, high, medium")
+
+
+def check_train(cfg: DictConfig) -> None:
+    """What training checks of a composed config before it reads any file or builds anything: unknown keys, wrong
+    types, values out of range. `gptlab train` runs it before it imports Lightning (cli.check), so a typo is
+    reported at once."""
+    check_top_level(cfg)
+    for spec, name in ((GPTConfig, "model"), (DataConfig, "data"), (TrainerConfig, "trainer")):
+        to_spec(spec, cfg[name], name)
+    partial_of(cfg.optim, "optim", OPTIMIZERS)
+    partial_of(cfg.scheduler, "scheduler", SCHEDULES)
+    tokenizer_spec(cfg.tokenizer)
+    if cfg.objective is not None:
+        to_spec(GRPOConfig, cfg.objective, "objective")
+    if cfg.lora is not None:
+        to_spec(LoRAConfig, cfg.lora, "lora")
+
+
+TRAIN_FREE_TEXT = ("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir")  # taken as typed

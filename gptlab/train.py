@@ -31,7 +31,8 @@ from gptlab.devices import auto_compile, check_cpu_compile, lightning_device
 from gptlab.errors import GptlabError
 from gptlab.data.rewards import load_reward
 from gptlab.lit import GPTLitModule
-from gptlab.lit.rl import GRPOConfig, GRPOModule
+from gptlab.lit.grpo import GRPOConfig
+from gptlab.lit.rl import GRPOModule
 from gptlab.lit.callbacks import HparamsSummary, RunSummary, TextSamples, TimeBudget
 from gptlab.lit.optim import orthogonalises
 from gptlab.lit.safety import AtomicCheckpointIO, Interrupted, Safeguards, stops_on_signals
@@ -217,27 +218,8 @@ def _main(cfg: DictConfig) -> dict[str, float]:
     return train(cfg, overrides=list(HydraConfig.get().overrides.task), started=started)
 
 
-def checks(cfg: DictConfig) -> None:
-    """What `build` checks of a composed config before it reads any file or builds anything: unknown keys, wrong
-    types, values out of range (`gptlab.cli.check`: a command line checked without running it)."""
-    check_top_level(cfg)
-    for spec, name in ((GPTConfig, "model"), (DataConfig, "data"), (TrainerConfig, "trainer")):
-        to_spec(spec, cfg[name], name)
-    partial_of(cfg.optim, "optim", OPTIMIZERS)
-    partial_of(cfg.scheduler, "scheduler", SCHEDULES)
-    tokenizer_spec(cfg.tokenizer)
-    if cfg.objective is not None:
-        to_spec(GRPOConfig, cfg.objective, "objective")
-    if cfg.lora is not None:
-        to_spec(LoRAConfig, cfg.lora, "lora")
-
-
-FREE_TEXT = ("data.path", "ckpt_path", "init_from", "paths.data_dir", "paths.cache_dir")  # taken as typed
-cli.COMMAND_LINES["train"] = cli.CommandLine("train", FREE_TEXT, train_help, checks=checks)
-
-
 def main() -> None:
-    cli.run(_main, free_text=FREE_TEXT, help=train_help)
+    cli.run(_main, free_text=cli.COMMAND_LINES["train"].free_text, help=train_help)
 
 
 if __name__ == "__main__":

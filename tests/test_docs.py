@@ -392,7 +392,8 @@ def test_command_works_as_written(c: Command):
 def test_the_checks_catch_mistakes():
     """What the command test relies on: a wrong command line is caught, with the CLI's own line."""
     assert checked(("train", "model.n_layr=4"), "gptlab train") == (
-        "error: unknown config key model.n_layr: check its spelling | gptlab train --help lists what it takes")
+        ("error: unknown config key model.n_layr (did you mean model.n_layer?): check its spelling | "
+             "gptlab train --help lists what it takes"))
     assert checked(("train", "model=nonesuch"), "gptlab train").startswith("error: ")
     assert checked(("train", "-m", "optim.lr=1e-3,-1"), "gptlab train") == "error: optim.lr must be > 0, got -1.0"
     assert checked(("generate", "ckpt_path=RUN_DIR", "--promt", "x"), "gptlab generate").startswith("error: ")
@@ -403,7 +404,8 @@ def test_the_checks_catch_mistakes():
 
 def test_a_failure_the_docs_show_must_be_the_one_they_show():
     words = ("gptlab", "train", "model.n_layr=4")
-    shown = "error: unknown config key model.n_layr: check its spelling | gptlab train --help lists what it takes"
+    shown = ("error: unknown config key model.n_layr (did you mean model.n_layer?): check its spelling | "
+             "gptlab train --help lists what it takes")
     check_gptlab(Command("x.md", 1, " ".join(words), words, shown), list(words[1:]), "gptlab train")
     with pytest.raises(AssertionError, match="but it fails with"):
         check_gptlab(Command("x.md", 1, " ".join(words), words, "error: another"), list(words[1:]), "gptlab train")

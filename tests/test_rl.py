@@ -15,7 +15,8 @@ from gptlab import checkpoint
 from gptlab.data.chat import questions, read_conversations
 from gptlab.data.rewards import RewardError, exact_match, load_reward, score
 from gptlab.errors import GptlabError
-from gptlab.lit.rl import GRPOModule, advantages, policy_loss
+from gptlab.lit.grpo import advantages, policy_loss
+from gptlab.lit.rl import GRPOModule
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import CharTokenizer
 from gptlab.tokenizers.chat import chat_tokenizer
@@ -50,7 +51,7 @@ def test_the_loss_weighs_each_answer_token_by_its_advantage_and_measures_the_kl(
 
 
 def tiny_module(tok) -> GRPOModule:
-    from gptlab.lit.rl import GRPOConfig
+    from gptlab.lit.grpo import GRPOConfig
 
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=tok.vocab_size))
     module = GRPOModule(GRPOConfig(), exact_match, 0, model=model.config, tokenizer=tok, gpt=model)

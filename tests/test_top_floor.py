@@ -146,3 +146,34 @@ def test_private_hydra_names_appear_in_the_cli_only():
     package = Path(__file__).resolve().parents[1] / "gptlab"
     users = sorted(str(f.relative_to(package)) for f in package.rglob("*.py") if "hydra._internal" in f.read_text())
     assert users == ["cli.py"], users
+
+
+START_CHECK = """
+import sys
+from gptlab.__main__ import main
+heavy = ("lightning", "transformers", "matplotlib", "lm_eval", "starlette", "tensorboard")
+for argv in (["train", "--help"], ["train", "modle.n_layer=2"], ["generate", "--help"], ["generate", "promt=x"]):
+    sys.argv = ["gptlab", *argv]
+    try:
+        main()
+    except SystemExit as stop:
+        print("exit", stop.code, file=sys.stderr)
+import gptlab.generate, gptlab.chat, gptlab.serve, gptlab.export, gptlab.inspect, gptlab.plot
+print("loaded:", sorted({m.split(".")[0] for m in sys.modules} & set(heavy)))
+"""
+
+
+def test_help_typos_and_inference_commands_start_without_lightning():
+    """`gptlab <command> --help`, a typo, and the inference commands import neither Lightning nor the optional
+    libraries they do not use (scripts/bench_start.py measures how long they take)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", START_CHECK], capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip().splitlines()[-1] == "loaded: []", r.stdout[-2000:] + r.stderr[-2000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: unknown config key modle.n_layer (did you mean model?): check its spelling | "
+                      "gptlab train --help lists what it takes",
+                      "error: unknown config key promt (did you mean prompt?): check its spelling | "
+                      "gptlab generate --help lists what it takes"], r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("exit")] == ["exit 0", "exit 2", "exit 0", "exit 2"]

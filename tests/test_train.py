@@ -98,7 +98,7 @@ def cli(tmp_path: Path, *args: str, cache: Path, **extra_env: str) -> subprocess
     env = {**os.environ, "GPTLAB_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore", **extra_env}
     for inherited in ("HYDRA_FULL_ERROR", "GPTLAB_TRACEBACK", "GPTLAB_SWEEP_JOB"):
         env.pop(inherited, None)
-    return subprocess.run([sys.executable, "-m", "gptlab.train", *args], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "gptlab", "train", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -128,8 +128,10 @@ def test_cli_single_run_and_multirun(tmp_path, cache_dir):
 
 
 BAD = [
-    (["model.n_layr=2"], "unknown config key model.n_layr"),
-    (["model=smal"], "Could not find 'model/smal'"),
+    (["model.n_layr=2"], r"unknown config key model\.n_layr \(did you mean model\.n_layer\?\)"),
+    (["model=smal"], r"model=smal is not an option \(did you mean small\?\): model is one of gpt1, .*nano, small"),
+    (["lever=[rmsnrom]"], r"lever=rmsnrom is not an option \(did you mean rmsnorm\?\): lever is one of .*rope"),
+    (["experimnt=sft_tasks"], r"unknown config key experimnt \(did you mean experiment\?\)"),
     (["model.n_embd=30", "model.n_head=4"], "not divisible"),
     (["data=text", "data.path=missing.txt"], "data file missing.txt does not exist"),
     (["data=text", "data.path=empty.txt"], "empty.txt is empty"),

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _HOMES = {
-    "TextDataModule": "datamodule", "DataConfig": "datamodule", "KINDS": "datamodule",
+    "TextDataModule": "datamodule", "DataConfig": "config", "KINDS": "config",
     "ChatDataModule": "chat", "Corpus": "corpus", "TokenFiles": "cache",
     "encode": "cache", "prepare_tokens": "cache", "TokenShards": "shards", "DataError": "sources",
     "read_text": "sources", "RandomWindows": "windows", "FixedWindows": "windows",
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from gptlab.data.cache import TokenFiles, encode, prepare_tokens
     from gptlab.data.corpus import Corpus
     from gptlab.data.chat import ChatDataModule
-    from gptlab.data.datamodule import KINDS, DataConfig, TextDataModule
+    from gptlab.data.config import KINDS, DataConfig
+    from gptlab.data.datamodule import TextDataModule
     from gptlab.data.shards import TokenShards
     from gptlab.data.sources import DataError, read_text
     from gptlab.data.windows import FixedWindows, RandomWindows

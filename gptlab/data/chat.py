@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gptlab.data.datamodule import DataConfig
+from gptlab.data.config import DataConfig
 from gptlab.data.sources import DataError
 from gptlab.data.windows import BatchStream, stream_start
 from gptlab.model.chat import fit, room

@@ -44,6 +44,7 @@ class RunDir:
     last = property(lambda self: self.checkpoints / "last.ckpt")
     merged = property(lambda self: self.checkpoints / "merged.ckpt")  # lora.merge=true: best.ckpt, adapters folded in
     record = property(lambda self: self.path / RECORD)
+    hydra_record = property(lambda self: self.record / "hydra.yaml")  # Hydra's own settings and the choices made
     inspections = property(lambda self: self.path / "inspect")
     export = property(lambda self: self.path / "hf")
     export_adapter = property(lambda self: self.path / "hf-lora")  # adapter=true: base/ and adapter/

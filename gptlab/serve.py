@@ -6,11 +6,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
+from typing import Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gptlab import checkpoint, cli
 from gptlab.config import ServeConfig, register_configs, to_spec
@@ -21,15 +23,45 @@ from gptlab.rundir import RunDir
 register_configs()
 KEY_ENV = "GPTLAB_API_KEY"
 EVERYWHERE = ("0.0.0.0", "::", "")
+DATE, TIME = re.compile(r"\d{4}-\d{2}-\d{2}"), re.compile(r"\d{2}-\d{2}-\d{2}")  # conf/hydra/default.yaml's run dirs
+
+
+def dated_part(folder: Path) -> Optional[str]:
+    """A dated run folder's path from its date on: outputs/DATE/TIME -> 'DATE/TIME', a multirun's
+    outputs/multirun/DATE/TIME/N -> 'DATE/TIME/N'; None for a folder the user named."""
+    a, b, c = ("", "", *folder.parts)[-3:]
+    if DATE.fullmatch(b) and TIME.fullmatch(c):
+        return f"{b}/{c}"
+    if DATE.fullmatch(a) and TIME.fullmatch(b) and c.isdigit():
+        return f"{a}/{b}/{c}"
+    return None
+
+
+def experiment(run: RunDir) -> Optional[str]:
+    """The run's `experiment=` choice, from Hydra's record of it; None without one."""
+    if not run.hydra_record.is_file():
+        return None
+    choice = OmegaConf.select(OmegaConf.load(run.hydra_record), "hydra.runtime.choices.experiment")
+    return str(choice) if choice else None
 
 
 def model_name(ckpt_path: str) -> str:
-    """The run folder's name (outputs/sft, or outputs/sft/checkpoints/best.ckpt -> sft); else the checkpoint
-    file's stem, or the folder's or GPT-2's name."""
+    """The run's name: a folder the user named is its name (outputs/sft, or outputs/sft/checkpoints/best.ckpt ->
+    sft); a dated folder is named by its experiment= choice (with a multirun's job number: 'sft_tasks/3'), else by
+    its path from the date on ('2026-12-07/00-37-20', '2026-12-07/10-00-00/3': the time alone says too little).
+    Not a run: the checkpoint file's stem, or the folder's or GPT-2's name."""
     p, run = Path(ckpt_path).expanduser(), RunDir.of(ckpt_path)
-    if run.is_run():
-        return run.path.resolve().name
-    return p.stem if p.suffix == ".ckpt" else p.resolve().name if p.exists() else p.name
+    if not run.is_run():
+        return p.stem if p.suffix == ".ckpt" else p.resolve().name if p.exists() else p.name
+    path = run.path.resolve()
+    dated = dated_part(path)
+    if dated is None:
+        return path.name
+    chosen = experiment(run)
+    if chosen is None:
+        return dated
+    multirun_job = dated.count("/") == 2  # its sibling jobs share the experiment: the number tells them apart
+    return f"{chosen}/{path.name}" if multirun_job else chosen
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -85,7 +117,7 @@ def run(node: DictConfig) -> None:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host or "0.0.0.0"
     url = f"http://{'127.0.0.1' if cfg.host in EVERYWHERE else shown}:{port}"
-    kind = "chat model" if served.chat else "text model: /v1/completions only"
+    kind = "chat model" if served.chat else "text model: /v1/completions and /v1/responses with text input"
     print(f"[{loaded.path} (step {loaded.step}) on {device}: {served.name!r}, a {kind}, context {block} tokens, "
           f"{cfg.batch_size} requests decoded together]", file=sys.stderr)
     if cfg.host in EVERYWHERE:

@@ -4,6 +4,7 @@ equal to the model's own, the queue's 429, a client that goes away freeing its r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,13 +14,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from gptlab import checkpoint
 from gptlab.model import GPT, GPTConfig
 from gptlab.model import SamplingConfig, complete
+from gptlab.rundir import RunDir
+from gptlab.serve import model_name
 from gptlab.tokenizers import CharTokenizer
 from gptlab.tokenizers.chat import chat_tokenizer, end_id, render
 from conftest import REPO
@@ -234,7 +239,7 @@ BAD = [  # (body, status, the field the error names)
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, 400, "stream"),
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "stream_options": {"x": 1}}, 400,
      "stream_options"),
-    ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "tools": []}, 400, "tools"),
+    ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1}, 400,
      "presence_penalty"),
     ({"model": "assistant", "messages": [{"role": "user", "content": "hi"}] * 3000}, 413, None),
@@ -350,6 +355,56 @@ def test_a_gpt2_folder_serves_completions(hf_gpt2, tmp_path):
         server.stop()
 
 
+NO_RECORD = "(no record)"
+
+
+def run_folder(root: Path, relative: str, experiment: str | None) -> Path:
+    """A run folder's layout without training: checkpoints/, and Hydra's record of the run's choices."""
+    run = RunDir(root / relative)
+    run.checkpoints.mkdir(parents=True)
+    if experiment != NO_RECORD:
+        run.record.mkdir()
+        choices = {"experiment": experiment, "model": "small"}
+        OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, run.hydra_record)
+    return run.path
+
+
+@pytest.mark.parametrize("folder, experiment, name", [
+    ("outputs/sft", None, "sft"),
+    ("outputs/sft", "sft_tasks", "sft"),  # the name the user gave the folder comes first
+    ("outputs/2026-12-07/00-37-20", None, "2026-12-07/00-37-20"),
+    ("outputs/2026-12-07/00-37-20", NO_RECORD, "2026-12-07/00-37-20"),
+    ("outputs/2026-12-07/00-37-20", "shakespeare_cpu", "shakespeare_cpu"),
+    ("outputs/multirun/2026-12-07/10-00-00/3", None, "2026-12-07/10-00-00/3"),
+    ("outputs/multirun/2026-12-07/10-00-00/3", "ablation", "ablation/3")])
+def test_the_served_name_is_the_runs_name(tmp_path, folder, experiment, name):
+    run = run_folder(tmp_path, folder, experiment)
+    assert model_name(str(run)) == name
+    assert model_name(str(run / "checkpoints" / "best.ckpt")) == name
+
+
+def test_a_name_with_slashes_is_one_model_in_the_routes(tmp_path):
+    """A dated run's name has '/' in it: /v1/models/NAME and requests naming it find it (in-process: no port)."""
+    from starlette.testclient import TestClient
+
+    from gptlab.serving.api import Served
+    from gptlab.serving.app import Server
+    from gptlab.serving.worker import Worker
+
+    loaded = checkpoint.load(lively_checkpoint(tmp_path / "m.ckpt", chat=False))
+    name = "2026-12-07/10-00-00/3"
+    worker = Worker(loaded.model, loaded.tokenizer, rows=1, max_queue=0)
+    try:
+        http = TestClient(Server(worker, Served(name, loaded.tokenizer, 64, max_tokens=63, max_n=1)).asgi())
+        assert http.get(f"/v1/models/{name}").json()["id"] == name
+        assert http.get("/v1/models/2026-12-07%2F10-00-00%2F3").json()["id"] == name  # a client that escapes '/'
+        assert http.get("/v1/models/10-00-00/3").status_code == 404
+        out = http.post("/v1/completions", json={"model": name, "prompt": "a", "max_tokens": 2, "temperature": 0})
+        assert out.status_code == 200 and out.json()["model"] == name
+    finally:
+        worker.close()
+
+
 def test_start_up_mistakes_are_one_line(tmp_path):
     ckpt = lively_checkpoint(tmp_path / "m.ckpt", chat=True)
     taken = socket.socket()
@@ -369,16 +424,25 @@ def chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
+@contextlib.contextmanager
+def browser_page() -> Iterator["playwright.sync_api.Page"]:
+    """A page in headless Chromium that reaches nothing on the network."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the page test drives Chromium with playwright")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=[
+            "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
 @pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (install chromium to test the page)")
 def test_the_page_in_headless_chromium_streams_an_answer(chat_server):
     """Type a message with the keyboard alone, press Enter, see the streamed answer arrive."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the page test drives Chromium with playwright")
     expected = expected_answer(chat_server.ckpt, [{"role": "user", "content": "What is 2 + 3?"}], 12)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=[  # nothing reaches out to the network
-            "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
+    with browser_page() as page:
         page.goto(chat_server.url)
         assert page.evaluate("document.activeElement.id") == "input"  # ready to type
         page.focus("#settings summary")
@@ -399,7 +463,40 @@ def test_the_page_in_headless_chromium_streams_an_answer(chat_server):
         assert page.eval_on_selector(".msg.assistant", "e => e.textContent") == expected
         page.keyboard.press("Alt+n")
         assert page.locator(".msg.assistant").count() == 0
-        browser.close()
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (install chromium to test the page)")
+def test_the_page_on_a_text_model_streams_a_continuation(keyed_server):
+    """A text model (no chat template): the server's 401 shown until the key is typed, then the completion mode:
+    a prompt in, its greedy continuation streamed in after it; the chat's system prompt disabled."""
+    body = {"model": "writer", "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0}
+    whole = httpx.post(f"{keyed_server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    with browser_page() as page:
+        page.goto(keyed_server.url)
+        page.wait_for_selector(".msg.error")  # no key yet: the server's refusal, and where the key goes
+        assert "API key" in page.inner_text(".msg.error") and page.is_disabled("#send")
+        page.focus("#settings summary")
+        page.keyboard.press("Enter")
+        page.focus("#temperature")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("0")
+        page.keyboard.press("Tab")
+        page.keyboard.type("12")  # max tokens
+        page.keyboard.press("Tab")
+        page.keyboard.type(KEY)
+        page.keyboard.press("Tab")  # the key is taken: the page asks again, and learns it is a text model
+        page.wait_for_function("!document.querySelector('#send').disabled")
+        assert "text model" in page.inner_text("#mode") and page.inner_text("#new") == "Clear"
+        assert page.is_disabled("#system") and page.is_enabled("#input") and page.is_disabled("#stop")
+        assert page.evaluate("document.activeElement.id") == "input"
+        page.keyboard.type("ROMEO:")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('.completion') && "
+                               "document.querySelector('#stop').disabled === true", timeout=30_000)
+        assert page.inner_text(".completion .prompt") == "ROMEO:"
+        assert page.eval_on_selector(".continuation", "e => e.textContent") == whole.json()["choices"][0]["text"]
+        assert page.is_enabled("#input") and page.is_enabled("#send")
+        assert page.locator(".msg.error").count() == 1  # the one from before the key
 
 
 def test_the_serve_benchmark_runs_without_errors():

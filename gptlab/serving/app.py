@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from importlib import resources
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,6 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gptlab.serving.api import ApiError, Plan, Served, chat_plan, chunk, completion_plan, finish_reason, loads, response
+from gptlab.serving.responses import Events, Reply, reply_plan, response_object
 from gptlab.serving.worker import Busy, Job, Worker
 
 log = logging.getLogger("gptlab.serve")
@@ -75,8 +76,10 @@ class Stream(StreamingResponse):
             self.generation.worker.cancel(self.generation.jobs)
 
 
-def sse(data: Any) -> bytes:
-    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+def sse(data: Any, event: Optional[str] = None) -> bytes:
+    """One server-sent event; `event`: its name line, which the Responses API's events carry."""
+    named = f"event: {event}\n" if event else ""
+    return f"{named}data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
 
 
 class Server:
@@ -92,7 +95,9 @@ class Server:
         routes = [Route("/", self.index), Route("/health", self.health),
                   Route("/v1/models", self.models), Route("/v1/models/{name:path}", self.model),
                   Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                  Route("/v1/completions", self.completions, methods=["POST"])]
+                  Route("/v1/completions", self.completions, methods=["POST"]),
+                  Route("/v1/responses", self.responses, methods=["POST"]),
+                  Route("/v1/responses/{id:path}", self.stored, methods=["GET", "DELETE"])]
         handlers: dict[Any, Any] = {ApiError: self.error, HTTPException: self.http_error, Exception: self.crash}
         return RequestLog(Starlette(routes=routes, exception_handlers=handlers))
 
@@ -132,14 +137,30 @@ class Server:
         return await self.generate(request, await run_in_threadpool(completion_plan, self.served,
                                                                     loads(await self.body(request))))
 
+    async def responses(self, request: HttpRequest) -> Response:
+        """OpenAI's Responses API: the same generation as chat/completions, in the Responses format."""
+        self.authorize(request)
+        reply = await run_in_threadpool(reply_plan, self.served, loads(await self.body(request)))
+        return await self.generate(request, reply.plan, lambda: response_object(self.served, reply),
+                                   lambda generation: self.events(generation, reply))
+
+    async def stored(self, request: HttpRequest) -> Response:
+        """GET or DELETE /v1/responses/ID: a 404 that says why (no response is kept), not "no route"."""
+        self.authorize(request)
+        raise ApiError(404, f"no response {request.path_params['id']!r} here: gptlab serve keeps no responses "
+                            "(each is answered and forgotten; send the whole conversation as input)", "response_id")
+
     # --- the work ---
 
-    async def generate(self, request: HttpRequest, plan: Plan) -> Response:
+    async def generate(self, request: HttpRequest, plan: Plan, whole: Optional[Callable[[], dict]] = None,
+                       stream: Optional[Callable[[Generation], AsyncIterator[bytes]]] = None) -> Response:
+        """Run a plan: its answer whole (`whole()` once it is over; chat/completions' format without it) or
+        streamed (the events of `stream(generation)`; chat/completions' chunks without it)."""
         generation = Generation(self.worker, plan)
         request.state.usage = generation
         headers = {"X-Gptlab-Dropped-Messages": str(plan.dropped)} if plan.dropped else {}
         if plan.stream:
-            return Stream(generation, self.stream(generation),
+            return Stream(generation, (stream or self.stream)(generation),
                           {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
         pieces = generation.pieces()
         drain = asyncio.ensure_future(self.drain(pieces))
@@ -150,7 +171,7 @@ class Server:
                 await asyncio.gather(drain, return_exceptions=True)
                 return Response(status_code=499)  # nobody is there to read it; the log says so
         drain.result()  # raises what generation raised
-        return JSONResponse(response(self.served, plan), headers=headers)
+        return JSONResponse(whole() if whole else response(self.served, plan), headers=headers)
 
     @staticmethod
     async def drain(pieces: AsyncIterator[Any]) -> None:
@@ -174,6 +195,25 @@ class Server:
         if plan.include_usage:
             yield sse(chunk(served, plan, None, None, None, with_usage=True))
         yield sse("[DONE]")
+
+    async def events(self, generation: Generation, reply: Reply) -> AsyncIterator[bytes]:
+        """A streamed Responses answer: its typed events, each named (no [DONE]: response.completed ends it)."""
+        events = Events(self.served, reply)
+        for event in events.opening():
+            yield sse(event, event["type"])
+        pieces = generation.pieces()
+        try:
+            async for _, piece, _ in pieces:
+                if piece:
+                    yield sse(events.delta(piece), "response.output_text.delta")
+        except ApiError as e:  # the status line has gone: the error travels as events
+            for event in events.failed(e):
+                yield sse(event, event["type"])
+            return
+        finally:  # the client gone: the choice's row frees at once
+            await pieces.aclose()
+        for event in events.closing():
+            yield sse(event, event["type"])
 
     async def body(self, request: HttpRequest) -> bytes:
         """The request's body, refused past max_request_bytes before more of it is read."""
@@ -211,7 +251,7 @@ class Server:
     async def http_error(self, request: HttpRequest, e: Exception) -> Response:
         assert isinstance(e, HTTPException)
         message = {404: f"no route {request.url.path}: the API is under /v1 (chat/completions, completions, "
-                        "models)", 405: f"{request.method} is not allowed on {request.url.path}"}
+                        "responses, models)", 405: f"{request.method} is not allowed on {request.url.path}"}
         return await self.error(request, ApiError(e.status_code, message.get(e.status_code, str(e.detail)),
                                                   headers=dict(e.headers or {})))
 

@@ -1,7 +1,8 @@
 """Loss curves of a run or of every run below a folder (a sweep): `gptlab plot outputs/multirun/...` (or dir=).
 
 Writes one PNG, val/loss and train/loss against steps and against wall time, a line per run labelled by its
-overrides (its TensorBoard name), to `<dir>/plot.png` or out=FILE. Needs matplotlib (the `viz` extra)."""
+overrides (its TensorBoard name), to `<dir>/plot.png` or out=FILE; nothing logged yet is an error, and no PNG.
+Needs matplotlib (the `viz` extra)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from gptlab import cli
 from gptlab.config import to_spec, unescape
 from gptlab.errors import GptlabError
 from gptlab.rundir import RunDir
-from gptlab.viz.curves import Curves, read_curves, save_curves
+from gptlab.viz.curves import RL_TAGS, TAGS, Curves, has_points, read_curves, save_curves
 
 
 @dataclass
@@ -47,10 +48,25 @@ def runs_below(folder: Path) -> list[Curves]:
     return [read_curves(log, label) for log, label in zip(logs, labels)]
 
 
-def plot(folder: Path, out: Optional[Path] = None) -> Path:
-    runs = runs_below(folder)
+def nothing_to_draw(folder: Path, runs: list[Curves]) -> Optional[str]:
+    """Why `runs` give no curve at all (the error's one line), or None when there is something to draw."""
     if not runs:
-        raise GptlabError(f"no run with TensorBoard logs at or below {folder}: give a run dir or a sweep folder")
+        return f"no run with TensorBoard logs at or below {folder}: give a run dir or a sweep folder"
+    if has_points(runs, TAGS + RL_TAGS):
+        return None
+    which = "its run" if len(runs) == 1 else f"its {len(runs)} runs"
+    return (f"no loss values under {folder}: {which} logged nothing yet (a run logs train/loss every "
+            f"trainer.log_every_n_steps steps, val/loss at each validation, every trainer.val_check_interval "
+            f"steps): plot it again once it has, or lower those settings for short runs")
+
+
+def plot(folder: Path, out: Optional[Path] = None) -> Path:
+    """Draw the runs at or below `folder` to `out` (default <folder>/plot.png); nothing to draw is an error,
+    and then no PNG is written (blank axes would look like a broken plot)."""
+    runs = runs_below(folder)
+    problem = nothing_to_draw(folder, runs)
+    if problem:
+        raise GptlabError(problem)
     return save_curves(runs, out or folder / "plot.png", title=str(folder))
 
 

@@ -46,8 +46,9 @@ def start(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
     run = RunDir(Path(cfg.paths.output_dir))
     if not cfg.ckpt_path and not cfg.init_from and requeued(run):
         cfg.ckpt_path = str(run.path)  # a SLURM job requeued after pre-emption continues its run
-    if cfg.ckpt_path and cfg.init_from:
-        raise GptlabError("init_from= starts a new run from trained weights, ckpt_path= resumes a run: give one")
+    if cfg.ckpt_path and cfg.init_from and not started_from(cfg.ckpt_path, cfg.init_from):
+        raise GptlabError("init_from= starts a new run from trained weights, ckpt_path= resumes a run: give one "
+                          "(or the init_from= the resumed run started from, as its command had it)")
     begun = resume(cfg, overrides) if cfg.ckpt_path else from_weights(cfg, overrides) if cfg.init_from else Start(cfg)
     last = RunDir(Path(begun.cfg.paths.output_dir)).last
     if last.exists() and (begun.ckpt_path is None or last.resolve() != begun.ckpt_path.resolve()):
@@ -63,6 +64,9 @@ def requeued(run: RunDir) -> bool:
 
 
 def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
+    """ckpt_path= with what the command says: nothing (a call from Python: cfg's keys count as set), single keys
+    composed on the run's recorded config, or the command that started the run again, groups and all (a rerun
+    after a crash), whose settings are the run's where it repeats them."""
     path = find_checkpoint(cfg.ckpt_path, last_first=True)
     record = checkpoint.read_record(checkpoint.read(path), path)
     stored = record["config"]
@@ -71,27 +75,38 @@ def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
     else:
         ConfigStore.instance().store(name="resumed_run", node={"defaults": ["train_schema", "_self_"], **stored})
         # `+key=` added a key to the defaults, which the run may hold already: add it or set it (`++`)
-        overrides = ["+" + o if o.startswith("+") and not o.startswith("++") else o for o in overrides]
+        plus = ["+" + o if o.startswith("+") and not o.startswith("++") else o for o in overrides]
         try:
-            new = composed("resumed_run", overrides)
+            new = composed("resumed_run", plus)
         except ConfigCompositionException as e:
             if "No match in the defaults list" not in str(e):
                 raise
-            group = str(e).split("'")[1]
-            raise GptlabError(f"{group}= cannot be combined with ckpt_path=: a resumed run keeps its own settings; "
-                              "override single keys instead (e.g. trainer.max_steps=...)") from None
+            new = composed("train", overrides)  # a group choice: the command as a whole says what the run is
     before, after = flat(stored), flat(run_config(new))
     for key in fixed_on_resume():
         for path_, value in after.items():
             if (path_ == key or path_.startswith(key + ".")) and path_ in before and str(before[path_]) != str(value):
                 raise GptlabError(f"{path_}={value} conflicts with the run being resumed ({path_}={before[path_]}): "
                                   "a resumed run keeps its model and data; drop the override, or train a new run")
+    changed = [f"{k} {before[k]} -> {v}" for k, v in after.items() if k in before and str(before[k]) != str(v)]
+    if changed:
+        print(f"[resumed with {'; '.join(changed)}]", flush=True)
     for k in NOT_RECORDED:
         if k in cfg and k != "hydra":
             new[k] = cfg[k]
     keep_log(new)
     return Start(new, path, GPT(GPTConfig(**record["model"])), tokenizer_from_dict(record["tokenizer"]),
                  new_tokens_from=(record.get("lora") or {}).get("new_tokens_from"))
+
+
+def started_from(ckpt_path: str, init_from: str) -> bool:
+    """Whether the run at ckpt_path started from init_from (the same text, or the same file or folder)."""
+    path = find_checkpoint(ckpt_path, last_first=True)
+    recorded = checkpoint.read_record(checkpoint.read(path), path)["config"].get("init_from")
+    if recorded is None:
+        return False
+    same_file = Path(str(recorded)).exists() and Path(str(recorded)).resolve() == Path(str(init_from)).resolve()
+    return str(recorded) == str(init_from) or same_file
 
 
 def fixed_on_resume() -> list[str]:

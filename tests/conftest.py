@@ -62,7 +62,13 @@ def shakespeare_text() -> str:
 
 def make_cfg(out_dir: Path, cache_dir: Path, overrides: list[str] = (), config_name: str = "train") -> DictConfig:
     """Compose the real config as the CLI would, with a small, fast nano run as the base."""
-    base = [
+    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=nano_run(out_dir, cache_dir, overrides))
+
+
+def nano_run(out_dir: Path, cache_dir: Path, overrides: list[str] = ()) -> list[str]:
+    """The command line of make_cfg's run: a small, fast nano run, then `overrides`."""
+    return [
         "model=nano",
         "trainer=cpu",
         "trainer.precision=32-true",  # auto would pick by the machine: every test runs alike everywhere
@@ -76,9 +82,8 @@ def make_cfg(out_dir: Path, cache_dir: Path, overrides: list[str] = (), config_n
         "callbacks.progress_bar.mode=lines",
         f"paths.output_dir={out_dir}",
         f"paths.cache_dir={cache_dir}",
+        *overrides,
     ]
-    with initialize_config_module(config_module="gptlab.conf", version_base="1.3"):
-        return compose(config_name=config_name, overrides=[*base, *overrides])
 
 
 @pytest.fixture

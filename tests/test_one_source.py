@@ -154,7 +154,8 @@ def _cli(cwd: Path, *args: str, cache: Path) -> subprocess.CompletedProcess:
 
 
 def test_resume_from_the_checkpoint_alone(tmp_path, cache_dir):
-    """`ckpt_path=RUN` alone: the run's own model and settings, in its own folder; shape overrides refused."""
+    """`ckpt_path=RUN` alone: the run's own model and settings, in its own folder; the first command again with
+    ckpt_path= added is accepted, a change of the model's shape refused."""
     first = ["model=nano", "model.n_layer=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
              "trainer.limit_val_batches=1", "data.batch_size=4", "optim.lr=3e-3", "sample_tokens=0",
              "callbacks.text_samples.max_new_tokens=5"]
@@ -170,7 +171,10 @@ def test_resume_from_the_checkpoint_alone(tmp_path, cache_dir):
     assert "dirpath has changed" not in r.stderr
     assert json.loads((run / "result.json").read_text())["steps"] == 8
 
-    r = _cli(tmp_path, f"ckpt_path={run}", "model.n_layer=3", cache=cache_dir)
+    # the first command again with ckpt_path= added, its groups accepted; only a real change of the model refused
+    r = _cli(tmp_path, *first, "model.n_layer=3", f"ckpt_path={run}", cache=cache_dir)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and "model.n_layer=3 conflicts with the run being resumed" in lines[0]
+    assert r.returncode == 2 and lines == [
+        "error: model.n_layer=3 conflicts with the run being resumed (model.n_layer=1): a resumed run keeps its model "
+        "and data; drop the override, or train a new run"], r.stderr
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 8  # untouched

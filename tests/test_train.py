@@ -17,7 +17,7 @@ from gptlab import checkpoint
 from gptlab.errors import GptlabError
 from gptlab.train import build, train
 
-from conftest import REPO
+from conftest import REPO, nano_run
 
 
 def test_train_writes_checkpoints_logs_and_returns_val_loss(cfg_factory, tmp_path, capsys):
@@ -55,11 +55,13 @@ def test_train_writes_checkpoints_logs_and_returns_val_loss(cfg_factory, tmp_pat
 
 
 @pytest.mark.parametrize("optim", ["adamw", "muon"])  # muon: two optimizers' states in one, restored exactly
-def test_resumed_run_continues_where_it_stopped(cfg_factory, tmp_path, optim):
+def test_resumed_run_continues_where_it_stopped(cfg_factory, tmp_path, cache_dir, optim):
     common = ("trainer.val_check_interval=5", "scheduler.total_steps=20", "optim.lr=3e-3", f"optim={optim}")
     straight = train(cfg_factory(*common, "trainer.max_steps=20", out="straight"))
     train(cfg_factory(*common, "trainer.max_steps=10", out="first"))
-    resumed = train(cfg_factory(*common, "trainer.max_steps=20", f"ckpt_path={tmp_path / 'first'}", out="second"))
+    # resumed by the command that started it again (groups and all), with ckpt_path= and a longer max_steps added
+    again = [*common, "trainer.max_steps=20", f"ckpt_path={tmp_path / 'first'}"]
+    resumed = train(cfg_factory(*again, out="second"), overrides=nano_run(tmp_path / "second", cache_dir, again))
     assert resumed["val/loss"] == pytest.approx(straight["val/loss"], abs=1e-5)
     a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "second/checkpoints/last.ckpt", weights_only=True)

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from gptlab import checkpoint, cli
 from gptlab.config import to_spec
 from gptlab.errors import GptlabError
-from gptlab.model import GPT, ConfigError, LoRAConfig
+from gptlab.model import GPT, ConfigError, GPTConfig, LoRAConfig
 from gptlab.model.gguf_export import TYPES, check as gguf_check, gguf_module, save_gguf
 from gptlab.model.hf_export import architecture, save_hf_folder, writable, write_folder
-from gptlab.model.hf_gpt2 import safetensors_module
+from gptlab.model.hf_gpt2 import GPT2, safetensors_module
+from gptlab.model.hf_llama import LLAMA
 from gptlab.model.hf_peft import adapter_files
 from gptlab.model.lora import adapter_state
 from gptlab.rundir import RunDir
@@ -72,7 +74,7 @@ def run(node: DictConfig) -> Path:
     try:
         arch = architecture(loaded.model.config)
     except ConfigError as e:
-        raise GptlabError(f"{loaded.path} cannot be exported: {e}") from None
+        raise GptlabError(f"{loaded.path}: {e}{exportable_with(loaded.model.config, gguf=False)}") from None
     eot = loaded.tokenizer.eot_id
     files = hf_tokenizer_files(loaded.tokenizer, model_max_length=loaded.model.config.block_size)
     run_dir = RunDir.of(loaded.path)
@@ -86,6 +88,41 @@ def run(node: DictConfig) -> Path:
           f"{', '.join(sorted(p.name for p in out.iterdir()))}")
     print(f"{'load with':<12}transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return out
+
+
+def lever_settings() -> dict[str, dict]:
+    """Each lever's model settings, as conf/lever/ states them (rope: {"pos": "rope"}, ...)."""
+    folder = resources.files("gptlab.conf").joinpath("lever")
+    return {f.name[:-5]: dict(OmegaConf.create(f.read_text(encoding="utf-8")).get("model") or {})
+            for f in folder.iterdir() if f.name.endswith(".yaml")}
+
+
+def exportable_with(config: GPTConfig, gguf: bool) -> str:
+    """" | exportable as Llama by a run with lever=[rope,rmsnorm,swiglu]; as GPT-2 with model.activation=gelu":
+    what a new run would change to export as each layout, in levers where a lever sets it."""
+    levers, ways = lever_settings(), []
+    gpt2 = {**GPT2, "n_kv_head": config.n_head if config.n_kv_head is not None else None}
+    if gguf or config.activation not in ("gelu", "relu"):  # llama.cpp's gpt2 has GELU alone
+        gpt2["activation"] = "gelu"
+    for layout, wants in (("Llama", LLAMA), ("GPT-2", gpt2)):
+        add, drop, keys = [], [], []
+        for key, want in wants.items():
+            have = getattr(config, key)
+            if have == want:
+                continue
+            setter = next((n for n, s in levers.items() if key in s and s[key] == want), None)
+            holder = next((n for n, s in levers.items() if key in s and s[key] == have), None)
+            if setter:
+                add.append(setter)
+            elif holder and want == getattr(GPTConfig, key, want):  # the lever's change undone: leave it out
+                drop.append(holder)
+            else:
+                keys.append(f"model.{key}={want}")
+        parts = ([f"with lever=[{','.join(add)}]"] if add else []) + \
+            ([f"without lever={','.join(drop)}"] if drop else []) + ([f"with {' '.join(keys)}"] if keys else [])
+        if parts:
+            ways.append(f"as {layout} by a new run {' and '.join(parts)}")
+    return " | exportable " + "; ".join(ways) if ways else ""
 
 
 def export_adapter(loaded: checkpoint.Loaded, target: Path, tokenizer_files: dict[str, str], arch: str) -> Path:
@@ -111,7 +148,7 @@ def export_gguf(loaded: checkpoint.Loaded, cfg: ExportConfig) -> Path:
     try:
         arch, _ = gguf_check(loaded.model, loaded.tokenizer, cfg.type)
     except GptlabError as e:
-        raise GptlabError(f"{loaded.path} cannot be exported: {e}") from None
+        raise GptlabError(f"{loaded.path}: {e}{exportable_with(loaded.model.config, gguf=True)}") from None
     run_dir = RunDir.of(loaded.path)
     if cfg.out is None and not run_dir.is_run():
         raise GptlabError(f"{cfg.ckpt_path} is not a gptlab run: say where to write the export, out=FILE.gguf")

@@ -62,6 +62,7 @@ def test_prompts_are_taken_as_typed_through_the_cli(byte_run, tmp_path, form):
     r = run("gptlab.generate", f"ckpt_path={byte_run}", *args, "max_new_tokens=3", "temperature=0", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-1500:]
     assert r.stdout.startswith(text), r.stdout[:300]
+    assert r.stdout.endswith("\n")  # the shell's prompt comes back on a line of its own
 
 
 def test_prompt_from_standard_input_and_the_front_door(byte_run, tmp_path):

@@ -95,6 +95,29 @@ def test_a_run_with_the_lever_trains_and_loads_back(lever, cfg_factory, tmp_path
     assert metrics["steps"] == 4 and all(getattr(loaded.model.config, k) == v for k, v in LEVERS[lever].items())
     x = torch.tensor([loaded.tokenizer.encode("ROMEO:")])
     assert torch.isfinite(loaded.model(x)[0]).all()
+    if lever == "rope":  # alone it fits neither layout: the refusal says which levers would make it exportable
+        from omegaconf import OmegaConf
+
+        from gptlab import export
+        from gptlab.errors import GptlabError
+
+        for fmt in ("hf", "gguf"):
+            with pytest.raises(GptlabError) as e:
+                export.run(OmegaConf.create({"ckpt_path": str(tmp_path / "run"), "format": fmt}))
+            assert str(e.value).count("cannot be exported") == 1 and str(e.value).endswith(
+                "| exportable as Llama by a new run with lever=[rmsnorm,swiglu]; as GPT-2 by a new run without "
+                "lever=rope"), e.value
+        assert not list((tmp_path / "run").glob("*.gguf")) and not (tmp_path / "run/hf").exists()
+
+
+def test_an_export_refusal_names_the_levers_or_settings_that_would_make_the_model_exportable():
+    from gptlab.export import exportable_with
+
+    relu = GPTConfig(vocab_size=65, activation="relu")  # the README's first model: GPT-2's layout with ReLU
+    assert exportable_with(relu, gguf=True) == (" | exportable as Llama by a new run with lever=[rope,rmsnorm,swiglu]; "
+                                                "as GPT-2 by a new run with model.activation=gelu")
+    capped = GPTConfig(vocab_size=65, **LEVERS["modern"])  # softcap on: no layout has it
+    assert exportable_with(capped, gguf=False).startswith(" | exportable as Llama by a new run without lever=softcap;")
 
 
 @pytest.mark.parametrize("lever", [k for k in LEVERS if k != "zero_init"])

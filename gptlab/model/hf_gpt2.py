@@ -155,14 +155,18 @@ def gpt_from_hf_folder(path: PathLike) -> GPT:
     return model.eval()
 
 
+# the options GPT-2's layout has (and activation gelu or relu); the levers of later models have no place in it
+GPT2 = {"norm": "pre", "pos": "learned", "norm_type": "layernorm", "qk_norm": False, "n_kv_head": None,
+        "logit_softcap": None}
+
+
 def mismatch(config: GPTConfig) -> Optional[str]:
     """The first option GPT-2's layout cannot hold, in one line; None: exportable as GPT-2.
     (bias=False exports as zero biases and tie_weights=False as a separate lm_head.weight: both exact.)"""
     if config.norm != "pre":
         return f"model.norm={config.norm!r} cannot be exported: GPT-2 is pre-norm (norm='pre') only"
-    later = {"pos": "learned", "norm_type": "layernorm", "qk_norm": False, "n_kv_head": None, "logit_softcap": None}
-    for name, gpt2 in later.items():  # the levers of later models: GPT-2's layout has no place for them
-        if getattr(config, name) != gpt2 and not (name == "n_kv_head" and config.kv_heads == config.n_head):
+    for name, gpt2 in GPT2.items():  # the levers of later models: GPT-2's layout has no place for them
+        if name != "norm" and getattr(config, name) != gpt2 and not (name == "n_kv_head" and config.kv_heads == config.n_head):
             return f"model.{name}={getattr(config, name)!r} cannot be exported: GPT-2 has {name}={gpt2!r}"
     if config.activation not in ("gelu", "relu"):
         return f"model.activation={config.activation!r} cannot be exported: GPT-2 has gelu (or relu)"

@@ -83,6 +83,8 @@ def answered(name: str, rest: list[str]) -> None:
     line = command_line(name)
     cli.COMMAND = f"gptlab {name}"
     cli.answer_help(line.help, rest)
+    if "-m" in rest or "--multirun" in rest:  # a sweep records the jobs that cannot run and goes on with the others
+        return
     error = check([name, *rest])
     if error is not None:
         print(error, file=sys.stderr)

@@ -116,13 +116,18 @@ def test_cli_single_run_and_multirun(tmp_path, cache_dir):
     assert "step 6: val/loss" in r.stdout and f"run dir:         {run}" in r.stdout
 
     # a sweep in which one job cannot run (32 is not divisible by 3): it is recorded, the others go on
-    r = cli(tmp_path, "-m", *FAST, "optim.lr=1e-3,3e-4", "model.n_head=2,3", cache=cache_dir)
+    r = cli(tmp_path, "-m", *FAST, "optim.lr=1e-3,3e-4", "model.n_head=2,3", "trainer.max_time=00:00:05:00",
+            cache=cache_dir)
     assert r.returncode == 0, r.stderr[-2000:]
     (sweep,) = (tmp_path / "outputs/multirun").glob("*/*")
     rows = list(csv.DictReader(open(sweep / "summary.csv")))
     assert len(rows) == 4 and [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
     assert float(rows[0]["val/loss"]) <= float(rows[1]["val/loss"])  # best first
     assert "not divisible" in rows[2]["error"] and "sweep of 4 jobs (2 failed)" in r.stdout
+    names = sorted(p.parent.name for p in sweep.glob("*/tensorboard/*/events.*"))  # TensorBoard's run names
+    assert len(names) == 2 and "optim.lr=0.0003" in names[0] and "optim.lr=0.001" in names[1], names
+    assert not any("\\" in n for n in names)  # as typed, without Hydra's escapes
+    assert "trainer.max_time=00:00:05:00" in r.stdout.split("sweep of 4 jobs")[1]  # in the printed summary too
     for row in rows[:2]:
         assert (sweep / row["job"] / "checkpoints/last.ckpt").is_file()
         assert list((sweep / row["job"] / "tensorboard").rglob("events.*"))
@@ -136,9 +141,6 @@ BAD = [
     (["experimnt=sft_tasks"], r"unknown config key experimnt \(did you mean experiment\?\)"),
     (["model.n_embd=30", "model.n_head=4"], "not divisible"),
     (["data=text", "data.path=missing.txt"], "data file missing.txt does not exist"),
-    (["data=text", "data.path=empty.txt"], "empty.txt is empty"),
-    (["data=text", "data.path=latin1.txt"], "is not UTF-8 text"),
-    (["data=text", "data.path=short.txt"], r"fewer than model\.block_size\+1=33"),
     (["ckpt_path=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
     (["paths.data_dir=offline", "data.url=http://127.0.0.1:9/input.txt"], "downloading it from .* failed"),
     (["trainer=fsdp", "trainer.accelerator=cpu"], "strategy `fsdp` requires a GPU accelerator"),
@@ -149,9 +151,6 @@ BAD = [
 def test_cli_bad_input_is_one_clear_line(tmp_path, cache_dir, args, message):
     import re
 
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "latin1.txt").write_bytes("Ça va très bien".encode("latin-1") * 50)
-    (tmp_path / "short.txt").write_text("a short text")
     env_over = {}
     if "paths.data_dir=offline" in args:
         env_over["GPTLAB_DATA_DIR"] = ""
@@ -166,6 +165,19 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, cache_dir, args, message):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), r.stderr
     assert not list((tmp_path / "outputs").glob("*/*/checkpoints"))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.txt", b"", "empty.txt is empty"),
+    ("latin1.txt", "Ça va très bien".encode("latin-1") * 50, "is not UTF-8 text"),
+    ("short.txt", b"a short text", r"fewer than model\.block_size\+1=33"),
+])
+def test_a_text_that_cannot_be_trained_on_is_one_clear_error(cfg_factory, tmp_path, name, content, message):
+    """What the data says is wrong with a text (the CLI prints it as one line: test_cli_bad_input_is_one_clear_line)."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(GptlabError, match=message):
+        train(cfg_factory("data=text", f"data.path={tmp_path / name}"))
+    assert not (tmp_path / "run/checkpoints").exists()
 
 
 def test_bpe_run_reports_bits_per_character(cfg_factory, tmp_path):

@@ -1,8 +1,9 @@
 """Evaluate a checkpoint: `python -m gptlab.eval ckpt_path=RUN_DIR [data.path=other.txt] [whole_split=true]`, or
 on tasks of the LM Evaluation Harness: `... tasks=hellaswag,arc_easy [num_fewshot=0 limit=100 include_path=DIR]`.
 
-Loss (nats per token), perplexity and bits per character, computed by the LightningModule's own
-validation step, so eval and training mean the same thing by val/loss. By default it scores the windows
+Loss (nats per token), perplexity and bits per character and per byte, computed as the LightningModule's
+validation step computes them (gptlab/lit/metrics.py, which both use), so eval and training mean the same thing by
+val/loss; without Lightning, which this command never imports (the harness aside). By default it scores the windows
 the run's validation scored (its trainer.limit_val_batches, batch size and precision), so the figure
 equals the one the run logged; `whole_split=true` scores every window of the split; `data.path=` scores
 every window of another text, encoded with the checkpoint's tokenizer. The table is printed and written
@@ -11,32 +12,35 @@ as JSON next to the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
-import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Iterable, Optional
 
-import lightning as L
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from gptlab import checkpoint, cli
 from gptlab.config import EvalConfig, register_configs, to_spec, tokenizer_spec
-from gptlab.data import DataConfig, DataError, FixedWindows, TextDataModule, encode, read_text
+from gptlab.data import DataConfig, DataError, FixedWindows, TokenFiles, encode, open_tokens, read_text
 from gptlab.devices import auto_precision, has_fast_bf16, pick_device
 from gptlab.errors import GptlabError
-from gptlab.lit import GPTLitModule
+from gptlab.lit.metrics import ValTotals, batch_figures, byte_table
 from gptlab.lit.trainer import TrainerConfig
+from gptlab.model import GPT
 from gptlab.rundir import RunDir
+from gptlab.tokenizers import Tokenizer
 
 register_configs()
-cli.quiet_lightning()
 
 
 def run(node: DictConfig) -> dict:
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device banners around the table
     cfg = to_spec(EvalConfig, node, "eval")
     if cfg.tasks:
         return run_harness(cfg)
@@ -48,26 +52,23 @@ def run(node: DictConfig) -> dict:
     if cfg.data.kind == "chat" or (not cfg.data.path and (run_cfg.get("data") or {}).get("kind") == "chat"):
         return run_chat(cfg, loaded, device, trained)
     block = loaded.model.config.block_size
-    module = GPTLitModule(loaded.model.config, tokenizer=loaded.tokenizer, gpt=loaded.model, run_config=run_cfg,
-                          val_tokens_per_char=loaded.record["val_tokens_per_char"])
     if cfg.data.path:
         text = read_text(Path(cfg.data.path))
         tokens = encode(loaded.tokenizer, text)
         if len(tokens) < block + 1:
             raise DataError(f"{cfg.data.path} has {len(tokens)} tokens, fewer than the model's block_size+1")
-        module.val_tokens_per_char = len(tokens) / len(text)
+        tokens_per_char, batch_size = len(tokens) / len(text), cfg.data.batch_size or 32
         windows = FixedWindows(tokens, block)
-        loader = DataLoader(windows, batch_size=cfg.data.batch_size or 32)
-        data, limit, name = dict(dataloaders=loader), 1.0, str(cfg.data.path)
+        limit, name = 1.0, str(cfg.data.path)
     else:
-        dm = own_split(loaded, cfg)
-        windows = FixedWindows(dm.files.val, block)  # type: ignore[union-attr]  # what the module will score
-        data, name = dict(datamodule=dm), "val split"
-        limit = 1.0 if cfg.whole_split else trained.limit_val_batches
-    trainer = validator(device, trained.precision, limit_val_batches=limit)
-    (metrics,) = trainer.validate(module, verbose=False, **data)
-    batches = trainer.num_val_batches[0]
-    batch_size = cfg.data.batch_size or 32 if cfg.data.path else dm.config.val_batch_size or dm.config.batch_size
+        files, spec = own_split(loaded, cfg)
+        tokens_per_char, batch_size = loaded.record["val_tokens_per_char"], spec.val_batch_size or spec.batch_size
+        windows = FixedWindows(files.val, block)  # the windows the run's validation scored, in its order
+        name, limit = "val split", 1.0 if cfg.whole_split else trained.limit_val_batches
+    loader = DataLoader(windows, batch_size=batch_size, shuffle=False)
+    batches = val_batches(len(loader), limit)
+    metrics = score(loaded.model, loaded.tokenizer, loader, batches, validator(device, trained.precision),
+                    tokens_per_char)
     scored = min(batches * batch_size, len(windows))
     result = {"checkpoint": str(loaded.path), "step": loaded.step, "data": name, "windows": scored,
               "tokens": scored * block, "loss": metrics["val/loss"], "perplexity": metrics["val/ppl"],
@@ -86,18 +87,93 @@ def run(node: DictConfig) -> dict:
     return result
 
 
-def validator(device, precision, **settings) -> L.Trainer:
-    """A Trainer that only validates, quietly, on one device, in the run's precision where it is fast here:
-    `auto` is decided for this device, and bf16 where bf16 is slow here (a CPU without bf16 units) is fp32."""
-    if str(precision) == "auto":
+def val_batches(length: int, limit) -> int:
+    """How many of a loader's `length` batches a validation with trainer.limit_val_batches=`limit` scores: a count
+    (an int), or a fraction of them (a float; 1.0 all), as Lightning reads the setting."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)):
+        raise GptlabError(f"trainer.limit_val_batches={limit} is neither a count nor a fraction")
+    if isinstance(limit, float) and limit > 1 and limit.is_integer():  # 20.0: a count
+        limit = int(limit)
+    count = min(length, limit) if isinstance(limit, int) else int(length * limit)
+    if count == 0 and length:
+        raise GptlabError(f"the run's validation scored no batch (trainer.limit_val_batches={limit} of {length}): "
+                          "whole_split=true scores every window")
+    return count
+
+
+@dataclass
+class Scoring:
+    """How eval runs the model: on `device`, in `precision` (Lightning's names: 32-true, bf16-mixed, 16-mixed,
+    bf16-true, 16-true, 64-true), which it does as Lightning's precision plugins do: mixed under torch.autocast,
+    true with the weights (and the tensors made in the forward pass) in that dtype."""
+
+    device: torch.device
+    precision: str
+
+    AUTOCAST: ClassVar[dict[str, torch.dtype]] = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+    WEIGHTS: ClassVar[dict[str, torch.dtype]] = {"bf16-true": torch.bfloat16, "16-true": torch.float16,
+                                                 "64-true": torch.float64}
+
+    @property
+    def weights(self) -> torch.dtype:
+        return self.WEIGHTS.get(self.precision, torch.float32)
+
+    @property
+    def sums(self) -> torch.dtype:
+        """The dtype of the metrics' sums: bf16-true and 16-true convert them with the module (`module.to(dtype)`),
+        64-true does not (`module.double()`, which torchmetrics leaves alone)."""
+        return self.weights if self.weights in (torch.bfloat16, torch.float16) else torch.float32
+
+    @contextlib.contextmanager
+    def forward(self):
+        dtype = self.AUTOCAST.get(self.precision)
+        if dtype is not None:
+            with torch.autocast(self.device.type, dtype=dtype, cache_enabled=False):
+                yield
+            return
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(self.weights)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(default)
+
+
+def validator(device: torch.device, precision) -> Scoring:
+    """Scoring on one device in the run's precision where it is fast here: `auto` is decided for this device, bf16
+    where bf16 is slow here (a CPU without bf16 units) is fp32, and so is fp16 off CUDA; a line on stderr says so."""
+    precision = "32-true" if str(precision) == "32" else str(precision)
+    if precision == "auto":
         precision = auto_precision(device)[0]
-    elif str(precision).startswith("bf16") and not has_fast_bf16(device):
+    elif precision.startswith("bf16") and not has_fast_bf16(device):
         print(f"[the run trained in {precision}; bf16 is slow on this {device.type}: scoring in 32-true]",
               file=sys.stderr)
         precision = "32-true"
-    return L.Trainer(accelerator=device.type, devices=[device.index or 0] if device.type == "cuda" else 1,
-                     precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, **settings)
+    elif precision.startswith("16-") and device.type != "cuda":
+        print(f"[the run trained in {precision}; fp16 is for CUDA GPUs: scoring in 32-true on this {device.type}]",
+              file=sys.stderr)
+        precision = "32-true"
+    elif precision not in ("32-true", *Scoring.AUTOCAST, *Scoring.WEIGHTS):
+        print(f"[the run trained in {precision}: scoring in 32-true]", file=sys.stderr)
+        precision = "32-true"
+    return Scoring(device, precision)
+
+
+def score(model: GPT, tokenizer: Tokenizer, batches: Iterable, count: Optional[int], scoring: Scoring,
+          tokens_per_char: float) -> dict[str, float]:
+    """The first `count` batches (None: all) through the model as the run's validation step puts them, the figures
+    as it logs them: val/loss, val/ppl, val/bpc and, where the tokens stand for text, val/bpb."""
+    model.to(scoring.device, scoring.weights).eval()
+    table = byte_table(tokenizer, scoring.device)
+    totals = ValTotals(scoring.device, scoring.sums)
+    with torch.inference_mode(), tqdm(total=count, desc="scoring", unit="batch", disable=None, leave=False) as bar:
+        for x, y in itertools.islice(batches, count):
+            x, y = x.to(scoring.device), y.to(scoring.device)
+            with scoring.forward():  # the whole step, as Lightning runs validation_step
+                logits, loss = model(x, y)
+                totals.update(batch_figures(logits, y, loss, table))
+            bar.update()
+    return totals.figures(tokens_per_char)
 
 
 def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: TrainerConfig) -> dict:
@@ -119,9 +195,9 @@ def run_chat(cfg: EvalConfig, loaded: checkpoint.Loaded, device, trained: Traine
         name = "val split"
     block = model.config.block_size
     rows = chat.encode(tok, convs, block + 1, overflow="truncate")
-    module = GPTLitModule(model.config, tokenizer=tok, gpt=model, val_tokens_per_char=chat.tokens_per_char(rows, tok))
-    trainer = validator(device, trained.precision)
-    (metrics,) = trainer.validate(module, dataloaders=chat.loader(rows, cfg.data.batch_size or 64), verbose=False)
+    loader = chat.loader(rows, cfg.data.batch_size or 64)
+    metrics = score(model, tok, loader, len(loader), validator(device, trained.precision),
+                    chat.tokens_per_char(rows, tok))
 
     asked = chat.questions(tok, convs, block)
     questions, gold, owner = [q.prompt for q in asked], [q.reference for q in asked], [q.conversation for q in asked]
@@ -195,8 +271,9 @@ def run_harness(cfg: EvalConfig) -> dict:
     return kept
 
 
-def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:
-    """The run's own data, found through the same token cache (its tokenizer settings give the same key)."""
+def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> tuple[TokenFiles, DataConfig]:
+    """The run's own token files, found through the same token cache (its tokenizer settings give the same key), and
+    its data settings (with eval's data.batch_size as the validation batch size, if given)."""
     run_cfg = loaded.config
     if "data" not in run_cfg:
         raise GptlabError(f"{cfg.ckpt_path} has no validation split of its own: give data.path=TEXT_FILE")
@@ -207,13 +284,11 @@ def own_split(loaded: checkpoint.Loaded, cfg: EvalConfig) -> TextDataModule:
         settings: object = loaded.tokenizer
     else:  # the tokenizer was trained on the data: its settings, as the run passed them, give the same cache key
         settings = dataclasses.asdict(tokenizer_spec(run_cfg["tokenizer"]))
-    dm = TextDataModule(spec, settings, block_size=loaded.model.config.block_size,
-                        seed=run_cfg.get("seed", 0), cache_dir=cfg.paths.cache_dir, data_dir=cfg.paths.data_dir)
-    dm.prepare_data()
-    dm.setup("validate")
-    if dm.tokenizer.to_dict() != loaded.tokenizer.to_dict():
+    files = open_tokens(spec, settings, loaded.model.config.block_size,  # type: ignore[arg-type]
+                        cfg.paths.cache_dir, cfg.paths.data_dir)
+    if files.tokenizer.to_dict() != loaded.tokenizer.to_dict():
         raise GptlabError("the data now gives a different tokenizer than the checkpoint's: has the text changed?")
-    return dm
+    return files, spec
 
 
 main = cli.entry(run, "eval", ("ckpt_path", "data.path", "paths.data_dir", "paths.cache_dir", "tasks", "include_path"),

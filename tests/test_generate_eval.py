@@ -111,6 +111,31 @@ def test_eval_whole_split_and_other_text(run_dir, tmp_path, shakespeare_text, ca
     assert (run_dir / "checkpoints" / "eval-best-other.json").is_file()
 
 
+def test_eval_gives_the_lightning_modules_own_figures(run_dir, tmp_path, shakespeare_text):
+    """eval runs without Lightning, on the arithmetic the LightningModule's validation uses (lit/metrics.py):
+    trainer.validate on the same windows, a last partial batch included, logs the very same floats."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from gptlab.data import FixedWindows, encode
+    from gptlab.lit import GPTLitModule
+
+    text = shakespeare_text[-10_000:]
+    (tmp_path / "tail.txt").write_text(text)
+    res = gpt_eval.run(cfg("eval", f"ckpt_path={run_dir}", f"data.path={tmp_path / 'tail.txt'}", "data.batch_size=100",
+                           "device=cpu"))
+    assert res["windows"] == 312  # 3 batches of 100 and one of 12
+    loaded = checkpoint.load(run_dir)
+    tokens = encode(loaded.tokenizer, text)
+    module = GPTLitModule(loaded.model.config, tokenizer=loaded.tokenizer, gpt=loaded.model,
+                          val_tokens_per_char=len(tokens) / len(text))
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    (logged,) = trainer.validate(module, DataLoader(FixedWindows(tokens, 32), batch_size=100), verbose=False)
+    assert [res[k] for k in ("loss", "perplexity", "bpc", "bpb")] == \
+        [logged[f"val/{k}"] for k in ("loss", "ppl", "bpc", "bpb")]
+
+
 def test_eval_and_generate_reject_bad_checkpoints(tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(GptlabError, match="not a readable gptlab checkpoint"):

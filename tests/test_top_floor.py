@@ -151,14 +151,14 @@ def test_private_hydra_names_appear_in_the_cli_only():
 START_CHECK = """
 import sys
 from gptlab.__main__ import main
-heavy = ("lightning", "transformers", "matplotlib", "lm_eval", "starlette", "tensorboard")
+heavy = ("lightning", "torchmetrics", "transformers", "matplotlib", "lm_eval", "starlette", "tensorboard")
 for argv in (["train", "--help"], ["train", "modle.n_layer=2"], ["generate", "--help"], ["generate", "promt=x"]):
     sys.argv = ["gptlab", *argv]
     try:
         main()
     except SystemExit as stop:
         print("exit", stop.code, file=sys.stderr)
-import gptlab.generate, gptlab.chat, gptlab.serve, gptlab.export, gptlab.inspect, gptlab.plot
+import gptlab.generate, gptlab.chat, gptlab.serve, gptlab.export, gptlab.inspect, gptlab.plot, gptlab.eval
 print("loaded:", sorted({m.split(".")[0] for m in sys.modules} & set(heavy)))
 """
 
@@ -177,3 +177,34 @@ def test_help_typos_and_inference_commands_start_without_lightning():
                       "error: unknown config key promt (did you mean prompt?): check its spelling | "
                       "gptlab generate --help lists what it takes"], r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("exit")] == ["exit 0", "exit 2", "exit 0", "exit 2"]
+
+
+EVAL_CHECK = """
+import sys
+from omegaconf import OmegaConf
+from gptlab import eval
+eval.run(OmegaConf.create({"ckpt_path": sys.argv[1], "paths": {"cache_dir": sys.argv[2]}}))
+print("loaded:", sorted({m.split(".")[0] for m in sys.modules} & {"lightning", "torchmetrics", "tensorboard"}))
+"""
+
+
+def test_eval_scores_a_checkpoint_without_lightning(tmp_path, cache_dir):
+    """`gptlab eval` (the harness aside) scores a run's own validation split, found through the token cache, and
+    imports no Lightning for it: the figures are lit/metrics.py's, which the LightningModule uses too."""
+    import subprocess
+    import sys
+
+    from gptlab import checkpoint
+    from gptlab.data import DataConfig, TokenFiles, token_entry
+    from gptlab.model import GPT, GPTConfig
+
+    tokenizer = TokenFiles.open(token_entry(DataConfig(), {"kind": "char"}, cache_dir)).tokenizer  # Tiny Shakespeare's
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    run = {"data": {"batch_size": 8}, "tokenizer": {"kind": "char"}, "trainer": {"limit_val_batches": 2}}
+    checkpoint.save(tmp_path / "tiny.ckpt", model, tokenizer, run)
+    r = subprocess.run([sys.executable, "-c", EVAL_CHECK, str(tmp_path / "tiny.ckpt"), str(cache_dir)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "val split: the 16 windows the run's validation scored (trainer.limit_val_batches=2;" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "loaded: []", r.stdout[-2000:]
+    assert (tmp_path / "eval-tiny-val.json").is_file()

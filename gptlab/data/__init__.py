@@ -1,7 +1,7 @@
 """From raw text to batches: find the documents, tokenize them once into cached token shards, serve windows.
 
 Names are imported on first use, so preparing tokens (and its worker processes) does not import torch and
-Lightning, which only the DataModule and the windows need.
+Lightning, which only the DataModules (data/datamodule.py) and the windows need.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 _HOMES = {
     "TextDataModule": "datamodule", "DataConfig": "config", "KINDS": "config",
-    "ChatDataModule": "chat", "Corpus": "corpus", "TokenFiles": "cache",
+    "ChatDataModule": "datamodule", "Corpus": "corpus", "TokenFiles": "cache",
+    "token_entry": "tokens", "open_tokens": "tokens",
     "encode": "cache", "prepare_tokens": "cache", "TokenShards": "shards", "DataError": "sources",
     "read_text": "sources", "RandomWindows": "windows", "FixedWindows": "windows",
 }
@@ -20,11 +21,11 @@ __all__ = [*_HOMES, "make_datamodule"]
 if TYPE_CHECKING:
     from gptlab.data.cache import TokenFiles, encode, prepare_tokens
     from gptlab.data.corpus import Corpus
-    from gptlab.data.chat import ChatDataModule
     from gptlab.data.config import KINDS, DataConfig
-    from gptlab.data.datamodule import TextDataModule
+    from gptlab.data.datamodule import ChatDataModule, TextDataModule
     from gptlab.data.shards import TokenShards
     from gptlab.data.sources import DataError, read_text
+    from gptlab.data.tokens import open_tokens, token_entry
     from gptlab.data.windows import FixedWindows, RandomWindows
 
 

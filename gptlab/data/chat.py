@@ -10,6 +10,9 @@ targets, which are the next ids where the template's loss mask says so and -1 (i
 are padded per batch to the longest one in it (training batches group conversations of like length);
 padding comes after a conversation's last token, so causal attention never lets a real token see it, and
 its targets are -1.
+
+ChatDataModule (data/datamodule.py) serves these in training; nothing here imports Lightning, so gptlab eval
+reads and scores conversations without it.
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gptlab.data.config import DataConfig
 from gptlab.data.sources import DataError
-from gptlab.data.windows import BatchStream, stream_start
+from gptlab.data.windows import BatchStream
 from gptlab.model.chat import fit, room
 from gptlab.tokenizers import Tokenizer, TokenizerError, train_tokenizer
 from gptlab.tokenizers.chat import ROLES, Message, chat_tokenizer, render
@@ -292,88 +293,6 @@ def tokens_per_char(rows: Rows, tokenizer: Tokenizer) -> float:
     """Answer tokens (with their end markers) per character of answer text, for bits per character."""
     chars = sum(len(tokenizer.decode(ids[1:][m[1:]])) for ids, m in zip(rows.ids, rows.masks))
     return rows.targets / max(1, chars)
-
-
-class ChatDataModule(L.LightningDataModule):
-    """Serves padded batches of conversations: data=chat data.path=FILE_OR_FOLDER.
-
-    Reading and rendering a few hundred thousand short conversations takes seconds, so nothing is cached:
-    every rank does it in `setup`. The tokenizer is the given one (a checkpoint's, grown by what the data
-    needs) or one trained on the conversations' text; either way it has the template's markers.
-    """
-
-    def __init__(self, config: DataConfig, tokenizer: Union[dict, Tokenizer], block_size: int, seed: int,
-                 cache_dir: Union[str, Path, None] = None, data_dir: Optional[str] = None,
-                 serve_questions: bool = False) -> None:
-        super().__init__()
-        if not config.path:
-            raise DataError("data=chat needs data.path=FILE_OR_FOLDER: a .jsonl file of conversations, or a folder "
-                            "(with train.jsonl and val.jsonl, it is split by them); scripts/make_tasks.py writes one")
-        self.config, self.tokenizer_spec, self.block_size, self.seed = config, tokenizer, block_size, seed
-        self.train_rows: Optional[Rows] = None
-        self.val_rows: Optional[Rows] = None
-        self.val_conversations: list[Conversation] = []
-        # objective=grpo: training batches are questions (their indices) to answer, not rows to learn
-        self.serve_questions = serve_questions
-        self.train_questions: list[Question] = []
-        self.val_questions: list[Question] = []
-        self._tokenizer: Optional[Tokenizer] = None
-        self.summary = ""
-
-    def prepare_data(self) -> None:
-        """Read and check the data before the run writes anything (Lightning calls this first, on one rank per
-        node): a bad line stops the run with no logs behind it."""
-        self.setup()
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.train_rows is not None:
-            return
-        train, val, how = split(self.config.path, self.config.val_fraction)  # type: ignore[arg-type]
-        self.val_conversations = val
-        self._tokenizer = chat_vocabulary(self.tokenizer_spec, train + val)
-        limit = self.block_size + 1  # a row of block_size + 1 ids gives block_size inputs and targets
-        self.train_rows = encode(self._tokenizer, train, limit, self.config.overflow, self.config.loss_on)
-        self.val_rows = encode(self._tokenizer, val, limit, self.config.overflow)  # val/loss: on the answers either way
-        for name, rows in (("train", self.train_rows), ("val", self.val_rows)):
-            if not len(rows):
-                raise DataError(f"no {name} conversation fits the model's context of {limit} tokens: raise "
-                                "model.block_size, or use data.overflow=truncate")
-        self.summary = summary(self.train_rows, self.val_rows, how, limit, self.config.overflow)
-        if self.serve_questions:  # prompts as eval's exact match gives them
-            self.train_questions = questions(self._tokenizer, train, self.block_size)
-            self.val_questions = questions(self._tokenizer, val, self.block_size)
-            check_room(self.train_questions + self.val_questions, self.block_size)
-            self.summary += f"; {len(self.train_questions):,} train questions"
-
-    def describe(self) -> str:
-        """The data in one line, for the start of a run."""
-        if self.serve_questions:
-            return f"{self.summary}; {self.config.batch_size} a step"
-        return f"{self.summary}; batches of {self.config.batch_size} padded to their longest"
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        assert self._tokenizer is not None, "call setup() first"
-        return self._tokenizer
-
-    @property
-    def val_tokens_per_char(self) -> float:
-        assert self.val_rows is not None, "call setup() first"
-        return tokens_per_char(self.val_rows, self.tokenizer)
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_rows is not None
-        start, rank = stream_start(self.trainer)
-        if self.serve_questions:
-            ds: BatchStream = RandomQuestions(len(self.train_questions), self.config.batch_size, self.seed, rank, start)
-        else:
-            ds = RandomConversations(self.train_rows, self.config.batch_size, self.seed, rank, start)
-        return DataLoader(ds, batch_size=None, num_workers=self.config.num_workers,
-                          persistent_workers=self.config.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        assert self.val_rows is not None
-        return loader(self.val_rows, self.config.val_batch_size or self.config.batch_size)
 
 
 def summary(train: Rows, val: Rows, how: str, limit: int, overflow: str) -> str:

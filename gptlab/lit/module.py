@@ -9,11 +9,11 @@ from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MeanMetric, SumMetric
 
 from gptlab import checkpoint
 from gptlab.errors import GptlabError
+from gptlab.lit.metrics import batch_figures, byte_table, epoch_figures
 from gptlab.lit.optim import build_optimizer, optimizer_groups
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, LoRAConfig, add_lora, add_tokens
@@ -108,30 +108,26 @@ class GPTLitModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits, loss = self(x, y)  # with the targets, as in training: a compiled model reuses its graph
-        self.val_loss.update(loss, weight=(y >= 0).sum())  # a mean over every scored token (chat: answers only)
+        table = None
         if self.tokenizer is not None:  # bits per byte: each scored token's loss against the bytes it stands for
-            if self._text_bytes is None or self._text_bytes.device != y.device \
-                    or len(self._text_bytes) != self.tokenizer.vocab_size:  # (a tokenizer grown by chat markers)
-                self._text_bytes = torch.tensor(self.tokenizer.text_bytes(), device=y.device)
-            nats = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="none")
-            size = self._text_bytes[y.flatten().clamp(min=0)] * (y >= 0).flatten()  # special tokens: no bytes
-            self.val_text_nats.update((nats * (size > 0)).sum())
-            self.val_text_bytes.update(size.sum())
+            table = self._text_bytes = byte_table(self.tokenizer, y.device, self._text_bytes)
+        figures = batch_figures(logits, y, loss, table)
+        self.val_loss.update(figures.loss, weight=figures.tokens)  # a mean over every scored token (chat: answers)
+        if figures.text_nats is not None:
+            self.val_text_nats.update(figures.text_nats)
+            self.val_text_bytes.update(figures.text_bytes)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # mean over every window, synced across DDP ranks
         text_nats, text_bytes = self.val_text_nats.compute(), self.val_text_bytes.compute()
         for metric in (self.val_loss, self.val_text_nats, self.val_text_bytes):
             metric.reset()
-        # loss is in nats per token; bits per character and per byte make char and BPE runs comparable: bpb
-        # exactly, from the bytes of text the scored tokens stand for (bpc from the split's characters per token)
-        bpc = loss / math.log(2) * self.val_tokens_per_char
         if not self.trainer.sanity_checking and float(loss) < self.best_val:
             self.best_val, self.best_step = float(loss), self.global_step
-        # (already equal on every rank: sync_dist only tells Lightning so)
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpc": bpc}, prog_bar=True, sync_dist=True)
-        if text_bytes > 0:
-            self.log("val/bpb", text_nats / math.log(2) / text_bytes, prog_bar=True, sync_dist=True)
+        # loss is in nats per token; bits per character and per byte make char and BPE runs comparable (lit/metrics.py,
+        # which gptlab eval shares). (Already equal on every rank: sync_dist only tells Lightning so)
+        self.log_dict(epoch_figures(loss, text_nats, text_bytes, self.val_tokens_per_char), prog_bar=True,
+                      sync_dist=True)
         # x-axis: the number of optimizer steps the evaluated weights have had (Lightning's default is one less)
         self.log("step", float(self.global_step), sync_dist=True)
 

@@ -200,6 +200,20 @@ def test_a_resumed_rl_run_ends_as_an_uninterrupted_one(start, tmp_path, cache_di
     assert checkpoint.load(tmp_path / "second").model is not None  # an RL checkpoint loads as any other
 
 
+def test_rl_with_lora_measures_its_kl_against_the_base_without_a_copy(start, tmp_path, cache_dir, favour):
+    """finetune=lora: the start model is the base with the adapters off; its checkpoints hold the adapters alone."""
+    rl(start, tmp_path / "run", cache_dir, favour, "finetune=lora", "trainer.max_steps=3", "objective.kl_coef=0.1",
+       "trainer.log_every_n_steps=1",
+       "trainer.val_check_interval=3", "objective.val_questions=8")
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint.REFERENCE not in ckpt and all(".lora_" in k for k in ckpt["state_dict"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = next((tmp_path / "run" / "tensorboard").rglob("events.out.tfevents.*"))
+    kl = [e.value for e in EventAccumulator(str(logs.parent)).Reload().Scalars("rl/kl")]
+    assert kl[0] == 0.0 and kl[-1] > 0  # at the start the adapters change nothing; then the policy moves
+
+
 def test_a_reward_failing_mid_run_stops_it_saved_in_one_line(start, tmp_path, cache_dir, monkeypatch):
     (tmp_path / "picky.py").write_text("calls = 0\n"
                                        "def tired(messages, answer, reference):\n"

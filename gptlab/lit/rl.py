@@ -36,6 +36,7 @@ from gptlab.lit.module import GPTLitModule
 from gptlab.lit.safety import save_last
 from gptlab.model import GPT
 from gptlab.model.engine import Engine, Request
+from gptlab.model.lora import adapters_off
 from gptlab.tokenizers.chat import end_id
 
 VALIDATION = 1 << 40  # in place of the step in a validation sample's seed: no training step has it
@@ -71,11 +72,28 @@ class GRPOModule(GPTLitModule):
     # -- the start model ------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         assert self.model is not None
+        if self.base_is_start():
+            self._reference_state = None  # (a checkpoint from before this rule held a copy: the base is the same)
+            return
         reference = copy.deepcopy(self.model)  # a fresh run starts from these weights; a resumed one from its record
         if self._reference_state is not None:
             reference.load_state_dict(self._reference_state)
             self._reference_state = None
         self._reference[:] = [reference.requires_grad_(False).eval()]
+
+    def base_is_start(self) -> bool:
+        """A LoRA run whose trained weights are all adapters (no new token rows): the start model is the base with
+        its adapters off, so no copy is kept in memory or in checkpoints."""
+        return self.lora is not None and self.new_tokens_from is None
+
+    def reference_logits(self, idx: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        """The start model's logits for the scored positions (no gradient)."""
+        with torch.no_grad():
+            if not self._reference:
+                with adapters_off(self.model):  # type: ignore[arg-type]
+                    return self.model.head(self.model.features(idx)[scored])  # type: ignore[union-attr]
+            reference = self._reference[0]
+            return reference.head(reference.features(idx)[scored])
 
     def on_train_start(self) -> None:
         if self.trainer.global_step == 0 and self.objective.val_questions and self.logger is not None:
@@ -162,11 +180,9 @@ class GRPOModule(GPTLitModule):
         self.model.eval()  # no dropout: the answers are scored by the policy that sampled them
         try:
             logits = self.model.head(self.model.features(idx)[scored])
+            reference_logits = self.reference_logits(idx, scored)
         finally:
             self.model.train()
-        with torch.no_grad():
-            reference = self._reference[0]
-            reference_logits = reference.head(reference.features(idx)[scored])
         return policy_loss(logits, targets[scored], weights[scored], reference_logits, self.objective.kl_coef)
 
     # -- validation -----------------------------------------------------------------------------------------------

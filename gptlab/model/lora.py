@@ -13,6 +13,7 @@ the same outputs. Targets use GPT-2's module names, which PEFT's adapters for GP
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field
@@ -78,8 +79,11 @@ class LoRALinear(Linear):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, **kw))  # (out, r): starts at zero
         self.scale = config.scale
         self.lora_dropout = nn.Dropout(config.dropout)
+        self.enabled = True  # False: the base alone (adapters_off)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return super().forward(x)
         return super().forward(x) + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
 
     def delta(self) -> torch.Tensor:
@@ -90,6 +94,20 @@ class LoRALinear(Linear):
 def adapters(model: GPT) -> Iterator[tuple[str, LoRALinear]]:
     """(module name, module) of every adapted matrix."""
     return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
+
+
+@contextlib.contextmanager
+def adapters_off(model: GPT) -> Iterator[GPT]:
+    """The model as its base alone while inside: every adapter's change left out (the start of a LoRA run, which
+    RL measures its KL against without keeping a copy)."""
+    held = [m for _, m in adapters(model)]
+    for m in held:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in held:
+            m.enabled = True
 
 
 def add_lora(model: GPT, config: LoRAConfig) -> GPT:

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,6 +326,19 @@ def reports_errors(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]
             sys.exit(130)
 
     return wrapper
+
+
+def last_words(ex: BaseException) -> Optional[str]:
+    """What the terminal shows of an exception that ends a job (for its log): the one `error:` line of a user's
+    error (printed by reports_errors), "interrupted" for Ctrl-C, the traceback of anything else; nothing for an
+    exit, whose message was printed already."""
+    if isinstance(ex, SystemExit):
+        return None
+    if isinstance(ex, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(ex, USER_ERRORS) and os.environ.get("GPTLAB_TRACEBACK") != "1":
+        return f"error: {one_line(ex)}"
+    return "".join(traceback.format_exception(type(ex), ex, ex.__traceback__)).rstrip("\n")
 
 
 def remove_if_unused(cfg: DictConfig) -> bool:

@@ -2,6 +2,7 @@
 
     <run>/                       outputs/<date>/<time>/, or a sweep's <sweep>/<job>/
       .hydra/                    Hydra's record: the composed config and the command's overrides
+      train.log                  what the run printed, start to end (its starts appended; gptlab.runlog)
       checkpoints/best.ckpt      lowest val/loss so far (ModelCheckpoint, conf/callbacks/default.yaml)
       checkpoints/last.ckpt      the latest step: what a resume starts from
       checkpoints/eval-*.json    gptlab eval's results, beside the checkpoint they score
@@ -40,6 +41,7 @@ class RunDir:
 
     checkpoints = property(lambda self: self.path / "checkpoints")
     logs = property(lambda self: self.path / "tensorboard")
+    output_log = property(lambda self: self.path / "train.log")  # what it printed: Hydra's job log, named by the job
     best = property(lambda self: self.checkpoints / "best.ckpt")
     last = property(lambda self: self.checkpoints / "last.ckpt")
     merged = property(lambda self: self.checkpoints / "merged.ckpt")  # lora.merge=true: best.ckpt, adapters folded in

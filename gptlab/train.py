@@ -5,13 +5,14 @@ bookkeeping (`sweep.records_result`). How a run starts (fresh, resumed, from wei
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shlex
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import hydra
 import lightning as L
@@ -20,10 +21,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import gptlab
-from gptlab import checkpoint, cli, sweep
+from gptlab import checkpoint, cli, runlog, sweep
 from gptlab.config import (OPTIMIZERS, SCHEDULES, check_top_level, flat, partial_of, register_configs, to_spec,
                            tokenizer_spec)
 from gptlab.data import DataConfig, make_datamodule
@@ -115,6 +117,22 @@ def base_of(init_from: Optional[str]) -> Optional[str]:
     return str(path.resolve()) if path.exists() else str(init_from)
 
 
+def _with_run_log(task: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """train() with its run's own log: what the job prints also goes to <run dir>/train.log, and a heartbeat fills
+    its silences (gptlab.runlog). Rank 0's only: a DDP run's other ranks have little to say, and one file."""
+
+    @functools.wraps(task)
+    def logged(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optional[float] = None
+               ) -> dict[str, float]:
+        started = time.monotonic() if started is None else started
+        log = RunDir(Path(cfg.paths.output_dir)).output_log
+        with runlog.kept(log, since=started, write=rank_zero_only.rank == 0, words=cli.last_words):
+            return task(cfg, overrides, started)
+
+    return logged
+
+
+@_with_run_log
 def train(cfg: DictConfig, overrides: Optional[list[str]] = None, started: Optional[float] = None) -> dict[str, float]:
     """Run one training job from a composed config; return its final metrics (val/loss, val/bpc, ...).
 

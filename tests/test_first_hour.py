@@ -199,17 +199,8 @@ def test_start_block_progress_and_no_banners(tmp_path, cache_dir):
     assert "estimated:" in out and "step 20/40" in out and "tok/s" in out and "ETA" in out
     assert "available:" not in r.stderr + out and "_target_" not in out  # no banners, no config dump
     assert len(out.splitlines()) < 20
-
-
-def test_tensorboard_names_runs_by_their_overrides(tmp_path, cache_dir):
-    r = run("gptlab.train", "-m", "model=nano", "trainer.max_steps=2", "trainer.val_check_interval=2",
-            "trainer.limit_val_batches=1", "sample_tokens=0", "optim.lr=1e-3,2e-3", "trainer.max_time=00:00:05:00",
-            cwd=tmp_path, cache=cache_dir)
-    assert r.returncode == 0, r.stderr[-2000:]
-    names = sorted(p.parent.name for p in tmp_path.glob("outputs/multirun/*/*/*/tensorboard/*/events.*"))
-    assert len(names) == 2 and "optim.lr=0.001" in names[0] and "optim.lr=0.002" in names[1]
-    assert not any("\\" in n for n in names)  # as typed, without Hydra's escapes
-    assert "trainer.max_time=00:00:05:00" in r.stdout.split("sweep of 2 jobs")[1]  # in the printed summary too
+    (log,) = (tmp_path / "outputs").glob("*/*/train.log")  # the run's own log holds what it printed
+    assert set(out.splitlines()) | set(r.stderr.splitlines()) <= set(log.read_text().splitlines())
 
 
 def test_model_generate_in_five_lines(tmp_path, cache_dir):

@@ -3,10 +3,11 @@ time-budgeted lr schedule, throughput, the HPARAMS view, and a progress bar for 
 
 from __future__ import annotations
 
+import math
 import sys
-import threading
 import time
-from typing import Any, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import lightning as L
 import torch
@@ -14,9 +15,11 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlab import runlog
 from gptlab.devices import peak_flops
 from gptlab.errors import GptlabError
 from gptlab.lit.safety import save_last
+from gptlab.lit.internals import end_validation_here
 from gptlab.lit.trainer import parse_duration
 from gptlab.model import SamplingConfig, complete
 from gptlab.model.lora import trainable
@@ -34,11 +37,16 @@ class TextSamples(Callback):
         self.prompt, self.seed = prompt, seed
         self.sampling = SamplingConfig(max_new_tokens=max_new_tokens)
         self.last: Optional[str] = None
+        self.seconds_per_token: Optional[float] = None  # as the last sample took
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        if (budget := TimeBudget.of(trainer)) is not None and not budget.affords_sample():
+            return
+        began = time.monotonic()
         (text,) = complete(pl_module.model, pl_module.tokenizer, self.prompt, self.sampling, seed=self.seed)
+        self.seconds_per_token = (time.monotonic() - began) / max(self.sampling.max_new_tokens, 1)  # for TimeBudget
         self.last = self.prompt + text
         tb = _tensorboard(trainer)
         if tb is not None:
@@ -135,25 +143,55 @@ class FinalValidation(Callback):
             save_last(trainer)
 
 
+@dataclass(frozen=True)
+class EndWork:
+    """What follows a run's last step, in the units the step pace turns into seconds."""
+
+    val_tokens: int  # read by one validation
+    batch_tokens: int  # of one training step
+    params: int  # saved twice (best.ckpt, last.ckpt) with AdamW's two moments
+    text_tokens: int  # sampled after each validation (TextSamples)
+    end_tokens: int  # sampled at the end of the run (sample_tokens)
+    cpu: bool
+
+
 class TimeBudget(Callback):
     """`trainer.max_time` as a promise about the wall clock: the job (start-up and compiling included, counted
-    from `started`) ends, final validation and sample included, within the budget; how: docs/ARCHITECTURE.md
-    (step 5). Each start of a run (a resume too) has its own budget; under DDP the ranks agree on when to stop."""
+    from `started`) ends, final validation, sample and exit included, within the budget; how: docs/ARCHITECTURE.md
+    (step 5). Each start of a run (a resume too) has its own budget; under DDP the ranks agree on when to stop.
+
+    Training stops when one more step would eat into the reserve: the estimated end (`end_s`), at most
+    RESERVE_SHARE of the budget (`reserve_s`). The estimate follows the pace: the step time is that of about the
+    last PACE_S seconds, and a validation or a sample once timed counts as timed, scaled by how the step pace has
+    changed since. A final validation that would not fit in what is left stops early (`cut`)."""
 
     # forward-only work per token, as a fraction of a training step's (forward + backward + update, ~3x):
     # taken high, so that a first estimate errs on the side of stopping early
     FORWARD_SHARE = 0.5
+    # the most of a budget kept for the end. On a busy machine the end estimated from a slow pace could claim
+    # nearly all of a short budget (2 steps trained of 40 s); capped, a short run trains for most of its time, and
+    # a final validation longer than the rest is cut short (its val/loss over the batches it had time for)
+    RESERVE_SHARE = 0.25
+    # from the job's last line to the process's exit (result.json, the loggers' flush, the interpreter's shutdown
+    # freeing torch): measured 1.4 to 2.0 s on a busy 2-core CPU
+    EXIT_S = 2.0
+    PACE_S = 10.0  # the step pace is that of about the last 10 s: it follows a machine getting busier or freer
 
-    def __init__(self, max_time: Optional[str], started: Optional[float] = None, end_tokens: int = 0) -> None:
+    def __init__(self, max_time: Optional[str], started: Optional[float] = None, end_tokens: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_s = parse_duration(max_time, "trainer.max_time") if max_time else None
-        self.started = time.monotonic() if started is None else started
-        self.end_tokens = end_tokens  # tokens the end of the run generates (samples)
-        self._step_s: Optional[float] = None  # seconds per training step, a moving average
+        self.clock = clock
+        self.started = clock() if started is None else started
+        self.end_tokens = end_tokens  # tokens the end of the run generates (samples: after the validation, at the end)
+        self.step_s: Optional[float] = None  # seconds per training step, of about the last PACE_S seconds
         self._last: Optional[tuple[float, int]] = None  # (clock, step) at the end of the last step timed
-        self._val_s: Optional[float] = None  # seconds of the last whole validation
-        self._val_start = 0.0
-        self._val_tokens: Optional[int] = None
-        self._save_s: Optional[float] = None
+        self._round: Optional[tuple[float, float]] = None  # a validation round as timed, and the step pace then
+        self._decode: Optional[tuple[float, float]] = None  # seconds per sampled token as timed, the step pace then
+        self._val_start: Optional[float] = None
+        self._work: Optional[EndWork] = None
+        self.cut: Optional[tuple[int, int]] = None  # (batches done, of) where the final validation was cut short
+        if self.budget_s is not None and (beat := runlog.heartbeat()) is not None:
+            beat.left = self.left  # the heartbeat's lines say the time left
 
     @property
     def deadline(self) -> Optional[float]:
@@ -168,52 +206,133 @@ class TimeBudget(Callback):
 
     def left(self) -> Optional[float]:
         """Seconds of the budget left; None without one."""
-        return None if self.deadline is None else self.deadline - time.monotonic()
+        return None if self.deadline is None else self.deadline - self.clock()
 
-    def _final_work_s(self, trainer: L.Trainer, pl_module: L.LightningModule, batch_tokens: int) -> float:
-        """What follows the last step: one validation and the samples, each as last timed or estimated."""
-        step_s = self._step_s or 0.0
-        val_s = self._val_s
-        if val_s is None:  # no validation yet: its tokens at the training pace, forward only
-            if self._val_tokens is None:
-                self._val_tokens = _val_tokens(trainer, pl_module)
-            val_s = self._val_tokens * step_s / max(batch_tokens, 1) * self.FORWARD_SHARE
+    # the estimates: plain arithmetic on the clock readings given, so that they are tested without training
+
+    def paced(self, now: float, step: int) -> None:
+        """A step ended at `now`: the pace, an average over about the last PACE_S seconds (the first step, which
+        pays one-off costs such as allocation and compiling, is not timed)."""
+        if self._last is not None and step > self._last[1]:
+            spent = now - self._last[0]
+            took = spent / (step - self._last[1])
+            weight = 1.0 - math.exp(-spent / self.PACE_S)  # a step of 1 s moves it by a tenth, one of 10 s by 2/3
+            self.step_s = took if self.step_s is None else self.step_s + weight * (took - self.step_s)
+        self._last = (now, step)
+
+    def validation_began(self, now: float) -> None:
+        self._val_start = now
+        self._last = None  # validation time is not a step's
+
+    def timed_round(self, seconds: float) -> None:
+        """A validation round (its batches, samples and checkpoints) took `seconds` at the step pace of now."""
+        self._round = (seconds, self.step_s or 0.0)
+
+    def timed_decode(self, seconds_per_token: float) -> None:
+        self._decode = (seconds_per_token, self.step_s or 0.0)
+
+    def _now_paced(self, timed: tuple[float, float]) -> float:
+        """A time measured at one step pace, at the pace of now (a machine twice as busy takes twice as long)."""
+        seconds, pace = timed
+        return seconds * self.step_s / pace if self.step_s and pace else seconds
+
+    def _decode_s(self, work: EndWork) -> float:
+        if self._decode is not None:
+            return self._now_paced(self._decode)
         # a token generated alone costs ~20x its share of a training step, and a millisecond at least on a CPU
-        decode_s = max(20 * step_s / max(batch_tokens, 1), 1e-3 if pl_module.device.type == "cpu" else 0.0)
-        if self._save_s is None:  # the best and the last checkpoint: weights, AdamW's 2 moments in fp32, at 200 MB/s
-            self._save_s = 2 * 12 * sum(p.numel() for p in pl_module.parameters()) / 200e6
-        return val_s + self.end_tokens * decode_s + self._save_s
+        return max(20 * (self.step_s or 0.0) / max(work.batch_tokens, 1), 1e-3 if work.cpu else 0.0)
+
+    def after_validation_s(self, work: EndWork, sample: bool = True) -> float:
+        """What follows the final validation's batches: its sample (TextSamples; unless sample=False), the
+        checkpoints, the end sample and the exit."""
+        save_s = 2 * 12 * work.params / 200e6  # the best and the last checkpoint, fp32 weights + 2 moments at 200 MB/s
+        tokens = (work.text_tokens if sample else 0) + work.end_tokens
+        return tokens * self._decode_s(work) + save_s + self.EXIT_S
+
+    def affords_sample(self) -> bool:
+        """Whether what is left of the budget affords a validation's sample and what follows it: TextSamples
+        writes none where it does not (the end sample, printed, matters more than TensorBoard's)."""
+        left = self.left()
+        return left is None or self._work is None or left >= self.after_validation_s(self._work)
+
+    def end_s(self, work: EndWork) -> float:
+        """What follows the last step, each part as last timed (at the pace of now) or estimated from the pace."""
+        if self._round is not None:
+            return self._now_paced(self._round) + work.end_tokens * self._decode_s(work) + self.EXIT_S
+        per_token = (self.step_s or 0.0) / max(work.batch_tokens, 1)
+        return work.val_tokens * per_token * self.FORWARD_SHARE + self.after_validation_s(work)
+
+    def reserve_s(self, work: EndWork) -> float:
+        """The seconds kept for the end: its estimate, at most RESERVE_SHARE of the budget."""
+        return min(self.end_s(work), self.RESERVE_SHARE * (self.budget_s or 0.0))
+
+    def stops(self, now: float, work: EndWork) -> bool:
+        """Whether training stops at `now`: one more step would eat into the reserve."""
+        return self.step_s is not None and self.deadline - now - self.reserve_s(work) < self.step_s  # type: ignore
+
+    def cuts(self, now: float, batches_done: int, work: EndWork) -> bool:
+        """Whether a validation stops at `now`, after `batches_done` batches: one more would not leave the time
+        for what must follow it (its sample is left out where the time is short: `affords_sample`)."""
+        per_batch = (now - (self._val_start if self._val_start is not None else now)) / max(batches_done, 1)
+        return self.deadline - now - self.after_validation_s(work, sample=False) < per_batch  # type: ignore[operator]
+
+    # the hooks
+
+    def _end_work(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> EndWork:
+        if self._work is None:  # what the end costs in tokens and bytes does not change in a run
+            samples = [c for c in trainer.callbacks if isinstance(c, TextSamples)]  # type: ignore[attr-defined]
+            text = sum(c.sampling.max_new_tokens for c in samples)
+            self._work = EndWork(val_tokens=_val_tokens(trainer, pl_module),
+                                 batch_tokens=pl_module.batch_tokens(batch)[0],
+                                 params=sum(p.numel() for p in pl_module.parameters()),
+                                 text_tokens=text, end_tokens=max(self.end_tokens - text, 0),
+                                 cpu=pl_module.device.type == "cpu")
+        return self._work
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._val_start is not None:  # training goes on after a validation: the round is over
+            self.timed_round(self.clock() - self._val_start)
+            self._val_start = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.budget_s is None:
             return
-        now, step = time.monotonic(), trainer.global_step
-        if self._last is not None and step > self._last[1]:
-            took = (now - self._last[0]) / (step - self._last[1])
-            self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
-        self._last = (now, step)  # the first step (allocation, compiling) is not timed
-        if self._step_s is None:
+        now, step = self.clock(), trainer.global_step
+        self.paced(now, step)
+        work = self._end_work(trainer, pl_module, batch)
+        if self.step_s is None:
             return
-        tokens = pl_module.batch_tokens(batch)[0]
-        free = self.deadline - now - self._final_work_s(trainer, pl_module, tokens)  # type: ignore[operator]
+        free = self.deadline - now - self.reserve_s(work)  # type: ignore[operator]
         schedule = getattr(pl_module, "schedule", None)
         if trainer.max_steps <= 0 and schedule is not None:
             every = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else None
-            val_share = (self._val_s or 0.0) / every if every else 0.0  # validations on the way, per step
-            schedule.total_steps = max(step + 1, int(step + free / (self._step_s + val_share)))
-        stop = trainer.strategy.reduce_boolean_decision(free < self._step_s, all=False)
+            val_share = self._now_paced(self._round) / every if every and self._round else 0.0  # per step
+            schedule.total_steps = max(step + 1, int(step + free / (self.step_s + val_share)))
+        stop = trainer.strategy.reduce_boolean_decision(self.stops(now, work), all=False)
         if stop and not trainer.should_stop:
             trainer.should_stop = True
             if schedule is not None and trainer.max_steps <= 0:
                 schedule.total_steps = step  # what is left of the lr's way down is not walked
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._val_start = time.monotonic()
+        if not trainer.sanity_checking:
+            self.validation_began(self.clock())
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.budget_s is None or trainer.sanity_checking or self._work is None:
+            return
+        done, of = batch_idx + 1, sum(trainer.num_val_batches)
+        cut = done < of and self.cuts(self.clock(), done, self._work)
+        if trainer.strategy.reduce_boolean_decision(cut, all=False):
+            self.cut, trainer.should_stop = (done, of), True
+            end_validation_here()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._val_s = time.monotonic() - self._val_start
-        self._last = None  # validation time is not a step's
+        if trainer.sanity_checking:
+            return
+        samples = [c.seconds_per_token for c in trainer.callbacks if isinstance(c, TextSamples)]  # type: ignore
+        if samples and samples[0] is not None:
+            self.timed_decode(samples[0])
 
 
 def _val_tokens(trainer: L.Trainer, pl_module: L.LightningModule) -> int:
@@ -305,11 +424,7 @@ class RunSummary(Callback):
         print("\n".join(lines), flush=True)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+_duration = runlog.duration
 
 
 class _Pace:
@@ -367,11 +482,61 @@ class HparamsSummary(Callback):
             tb.experiment.file_writer.add_summary(summary)
 
 
-class LineProgressBar(ProgressBar):
+class _SaysPhases(Callback):
+    """Says what is under way to the job's heartbeat (gptlab.runlog), which fills any silence of every_s seconds
+    with it: the data and the model before the first step, compiling, a long step, the final validation, the end."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        runlog.say("building the model")  # the data was prepared just before (Lightning's prepare_data, setup)
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        super().on_sanity_check_start(trainer, pl_module)
+        runlog.say("trying a validation batch")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        compiling = getattr(pl_module, "compile", False)
+        runlog.say("compiling the model and taking the first step" if compiling else "taking the first step")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        runlog.say(f"step {trainer.global_step + 1:,} under way")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if not trainer.sanity_checking:
+            runlog.say("the final validation" if trainer.should_stop else "validating")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        if not trainer.sanity_checking:
+            final = "the final validation" if trainer.should_stop else "validating"
+            runlog.say(f"{final}: batch {batch_idx + 1:,}/{sum(trainer.num_val_batches):,} done")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            runlog.say("the validation's sample, attention maps and checkpoints")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        runlog.say("saving the checkpoints" if trainer.should_stop else f"step {trainer.global_step + 1:,} under way")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        runlog.say("saving the checkpoints")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        runlog.say("the end of the run: its sample and summary")
+
+
+class LineProgressBar(_SaysPhases, ProgressBar):
     """Progress as plain lines, for a log file (a redrawn bar is unreadable there): a line at least every
     `every_s` seconds (and every `every_n_steps` steps, if set) with the step out of the total, the training
-    loss, tokens/s and the time left; validation batches likewise. A watcher thread fills the silences no hook
-    can (start-up, compiling, a long step): after every_s seconds without a line it says what is under way."""
+    loss, tokens/s and the time left; validation batches likewise. The job's heartbeat (gptlab.runlog) fills the
+    silences no hook can (start-up, compiling, a long step) with what is under way."""
 
     def __init__(self, every_s: float = 10.0, every_n_steps: Optional[int] = None) -> None:
         super().__init__()
@@ -380,9 +545,6 @@ class LineProgressBar(ProgressBar):
         self.every_s, self.every_n_steps = every_s, every_n_steps
         self._enabled, self._estimated, self._pace = True, False, _Pace()
         self._last_line = time.monotonic()
-        self._phase, self._phase_since = "starting", time.monotonic()
-        self._done = threading.Event()
-        self._watcher: Optional[threading.Thread] = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -398,39 +560,18 @@ class LineProgressBar(ProgressBar):
         self._last_line = time.monotonic()
         print(line, flush=True)
 
-    def _set_phase(self, phase: str) -> None:
-        self._phase, self._phase_since = phase, time.monotonic()
-
-    def _watch(self) -> None:
-        while not self._done.wait(min(1.0, self.every_s / 4)):
-            now = time.monotonic()  # only a phase that has lasted: a step's own line comes from its hook
-            if now - self._last_line >= self.every_s and now - self._phase_since >= self.every_s:
-                self._print(f"... {self._phase} ({_duration(now - self._phase_since)})")
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if stage == "fit" and trainer.is_global_zero and self._watcher is None:
-            self._done.clear()
-            self._watcher = threading.Thread(target=self._watch, name="gptlab-progress", daemon=True)
-            self._watcher.start()
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._done.set()
-        self._watcher = None
-
     def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
         self._pace = _Pace(TimeBudget.of(trainer))
-        compiling = getattr(pl_module, "compile", False)
-        self._set_phase("compiling the model and taking the first step" if compiling else "taking the first step")
 
     def _metrics(self, trainer, pl_module, prefix: Union[str, tuple[str, ...]]) -> str:
         return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith(prefix))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         step = trainer.global_step
         self._pace.update(pl_module.batch_tokens(batch)[0] * trainer.world_size, step)
-        self._set_phase(f"step {step + 1:,} under way")
         if not self.is_enabled or step == 0:
             return
         if not self._estimated and step >= 20 and trainer.max_steps > 0 and self._pace.budget is None:
@@ -447,29 +588,57 @@ class LineProgressBar(ProgressBar):
             self._print(f"step {step:,}{total}  {self._metrics(trainer, pl_module, ('train', 'rl'))}  {tokens_s:,.0f} tok/s"
                         f"{left}")
 
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._set_phase("validating")
-
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         total = sum(trainer.num_val_batches) if not trainer.sanity_checking else None
         of = f"/{total:,}" if isinstance(total, int) else ""
-        self._set_phase(f"validating: batch {batch_idx + 1:,}{of} done")
         if self.is_enabled and time.monotonic() - self._last_line >= self.every_s:
             self._print(f"validation  batch {batch_idx + 1:,}{of}")
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
         self._pace.skip()
-        self._set_phase(f"step {trainer.global_step + 1:,} under way")
         if self.is_enabled and not trainer.sanity_checking:
-            self._print(f"step {trainer.global_step:,} validation  {self._metrics(trainer, pl_module, 'val')}")
+            budget = TimeBudget.of(trainer)
+            cut = budget.cut if budget is not None else None
+            over = f"  (over {cut[0]:,} of {cut[1]:,} batches: the time budget)" if cut else ""
+            self._print(f"step {trainer.global_step:,} validation  {self._metrics(trainer, pl_module, 'val')}{over}")
+
+
+class StepsBar(_SaysPhases, TQDMProgressBar):
+    """Lightning's redrawn bar, counting optimizer steps out of trainer.max_steps (the training stream is
+    endless, so Lightning alone shows no total and no time left), with tokens/s. While it is drawn, the job's
+    heartbeat draws it again instead of printing a line (which would break it); before and after, it prints."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._batches = 0
+        if (beat := runlog.heartbeat()) is not None:
+            beat.redraw = self._redraw
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._set_phase("saving and writing the end of the run")
+        super().on_train_end(trainer, pl_module)
+        if (beat := runlog.heartbeat()) is not None:
+            beat.redraw = None
 
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
+        if (beat := runlog.heartbeat()) is not None:  # training may have ended in an exception, without on_train_end
+            beat.redraw = None
 
-class StepsBar(TQDMProgressBar):
-    """Lightning's redrawn bar, counting optimizer steps out of trainer.max_steps (the training stream is
-    endless, so Lightning alone shows no total and no time left), with tokens/s."""
+    def _redraw(self) -> None:
+        """The bar under way drawn again, by the heartbeat's thread after every_s without a redraw: its count and
+        clock move on even where refresh_rate steps take long (a slow machine, a long first step)."""
+        for name in ("val_progress_bar", "train_progress_bar"):
+            try:
+                bar = getattr(self, name)
+            except TypeError:  # (Lightning's word for "not made yet")
+                continue
+            if not bar.disable:  # a closed bar is disabled
+                if name == "train_progress_bar":
+                    bar.n = self._batches
+                bar.refresh()
+                return
 
     @property
     def total_train_batches(self) -> Union[int, float]:
@@ -486,13 +655,19 @@ class StepsBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens_per_batch = pl_module.batch_tokens(batch)[0] * trainer.world_size
+        self._batches = batch_idx + 1
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
 def progress_bar(mode: str, every_s: float, every_n_steps: Optional[int]) -> ProgressBar:
-    """`tqdm`: a redrawn bar; `lines`: LineProgressBar; `auto`: the bar on a terminal, lines otherwise."""
+    """`tqdm`: a redrawn bar; `lines`: LineProgressBar; `auto`: the bar on a terminal, lines otherwise. every_s
+    is the job heartbeat's too (gptlab.runlog): the longest silence, whatever the mode."""
     if mode not in ("auto", "tqdm", "lines"):
         raise ValueError(f"callbacks.progress_bar.mode={mode!r} is not one of: auto, tqdm, lines")
+    if every_s <= 0:
+        raise ValueError(f"callbacks.progress_bar.every_s must be > 0, got {every_s}")
+    if (beat := runlog.heartbeat()) is not None:
+        beat.every_s = every_s
     if mode == "tqdm" or (mode == "auto" and sys.stdout.isatty()):
         return StepsBar(refresh_rate=10)  # each redraw reads the loss: a host-device sync on a GPU
     return LineProgressBar(every_s, every_n_steps)

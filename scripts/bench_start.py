@@ -33,6 +33,7 @@ LINES = [  # (what, argv, the exit status it must end with)
     ("gptlab train --help", [*GPTLAB, "train", "--help"], 0),
     ("gptlab train modle.n_layer=2 (a typo)", [*GPTLAB, "train", "modle.n_layer=2"], 2),
     ("gptlab train lever=[rmsnrom] (a typo)", [*GPTLAB, "train", "lever=[rmsnrom]"], 2),
+    ("python -c \"import torch\" (what every command imports)", [sys.executable, "-c", "import torch"], 0),
 ]
 REFERENCE = ("python -c \"import lightning\" (the reference)", [sys.executable, "-c", "import lightning"], 0)
 

@@ -178,3 +178,9 @@ def test_resume_from_the_checkpoint_alone(tmp_path, cache_dir):
         "error: model.n_layer=3 conflicts with the run being resumed (model.n_layer=1): a resumed run keeps its model "
         "and data; drop the override, or train a new run"], r.stderr
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 8  # untouched
+
+    from conftest import make_cfg
+    from gptlab.start import start
+
+    with pytest.raises(GptlabError, match="init_from= starts a new run from trained weights, ckpt_path= resumes"):
+        start(make_cfg(tmp_path / "other", cache_dir, [f"ckpt_path={run}", "init_from=gpt2"]), None)  # not its own

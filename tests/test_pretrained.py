@@ -94,7 +94,7 @@ def test_fine_tune_from_a_pretrained_folder_through_the_cli(hf_gpt2, tmp_path, c
     (["model.n_layer=5"], "model.n_layer=5 conflicts with the model of init_from="),
     (["model=small"], "conflicts with the model of init_from="),
     (["model.block_size=128"], "model.block_size=128 is larger than the source's 64"),
-    (["ckpt_path=somewhere"], "init_from= starts a new run from trained weights, ckpt_path= resumes a run"),
+    (["ckpt_path=somewhere"], "checkpoint somewhere does not exist"),
 ])
 def test_init_from_refuses_what_does_not_fit_in_one_line(hf_gpt2, tmp_path, cache_dir, extra, message):
     r = cli("gptlab.train", f"init_from={hf_gpt2}", *extra, cwd=tmp_path, cache=cache_dir)

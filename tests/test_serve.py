@@ -438,6 +438,28 @@ def browser_page() -> Iterator["playwright.sync_api.Page"]:
             browser.close()
 
 
+def greedy_settings(page, max_tokens: str, key: str = "") -> None:
+    """With the keyboard alone: open the settings, temperature 0, max tokens, the API key; focus stays on the key."""
+    page.focus("#settings summary")
+    page.keyboard.press("Enter")  # the settings open
+    page.focus("#temperature")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("0")
+    page.keyboard.press("Tab")
+    page.keyboard.type(max_tokens)
+    page.keyboard.press("Tab")  # the API key
+    if key:
+        page.keyboard.type(key)
+
+
+def send(page, text: str, done: str) -> None:
+    """Type text into the focused message box, press Enter, wait until the JavaScript condition `done` holds."""
+    assert page.evaluate("document.activeElement.id") == "input"
+    page.keyboard.type(text)
+    page.keyboard.press("Enter")
+    page.wait_for_function(done, timeout=30_000)
+
+
 @pytest.mark.skipif(chromium() is None, reason="no Chromium on this machine (install chromium to test the page)")
 def test_the_page_in_headless_chromium_streams_an_answer(chat_server):
     """Type a message with the keyboard alone, press Enter, see the streamed answer arrive."""
@@ -445,20 +467,10 @@ def test_the_page_in_headless_chromium_streams_an_answer(chat_server):
     with browser_page() as page:
         page.goto(chat_server.url)
         assert page.evaluate("document.activeElement.id") == "input"  # ready to type
-        page.focus("#settings summary")
-        page.keyboard.press("Enter")  # the settings open
-        page.focus("#temperature")
-        page.keyboard.press("Control+A")
-        page.keyboard.type("0")
-        page.keyboard.press("Tab")
-        page.keyboard.type("12")  # max tokens
-        page.keyboard.press("Tab")  # the API key
+        greedy_settings(page, max_tokens="12")
         page.keyboard.press("Tab")  # the message box
-        assert page.evaluate("document.activeElement.id") == "input"
-        page.keyboard.type("What is 2 + 3?")
-        page.keyboard.press("Enter")
-        page.wait_for_function("document.querySelector('#stop').disabled === true && "
-                               "document.querySelectorAll('.msg.assistant').length === 1", timeout=30_000)
+        send(page, "What is 2 + 3?", "document.querySelector('#stop').disabled === true && "
+                                     "document.querySelectorAll('.msg.assistant').length === 1")
         assert page.inner_text(".msg.user") == "What is 2 + 3?"
         assert page.eval_on_selector(".msg.assistant", "e => e.textContent") == expected
         page.keyboard.press("Alt+n")
@@ -475,24 +487,12 @@ def test_the_page_on_a_text_model_streams_a_continuation(keyed_server):
         page.goto(keyed_server.url)
         page.wait_for_selector(".msg.error")  # no key yet: the server's refusal, and where the key goes
         assert "API key" in page.inner_text(".msg.error") and page.is_disabled("#send")
-        page.focus("#settings summary")
-        page.keyboard.press("Enter")
-        page.focus("#temperature")
-        page.keyboard.press("Control+A")
-        page.keyboard.type("0")
-        page.keyboard.press("Tab")
-        page.keyboard.type("12")  # max tokens
-        page.keyboard.press("Tab")
-        page.keyboard.type(KEY)
+        greedy_settings(page, max_tokens="12", key=KEY)
         page.keyboard.press("Tab")  # the key is taken: the page asks again, and learns it is a text model
         page.wait_for_function("!document.querySelector('#send').disabled")
         assert "text model" in page.inner_text("#mode") and page.inner_text("#new") == "Clear"
         assert page.is_disabled("#system") and page.is_enabled("#input") and page.is_disabled("#stop")
-        assert page.evaluate("document.activeElement.id") == "input"
-        page.keyboard.type("ROMEO:")
-        page.keyboard.press("Enter")
-        page.wait_for_function("document.querySelector('.completion') && "
-                               "document.querySelector('#stop').disabled === true", timeout=30_000)
+        send(page, "ROMEO:", "document.querySelector('.completion') && document.querySelector('#stop').disabled === true")
         assert page.inner_text(".completion .prompt") == "ROMEO:"
         assert page.eval_on_selector(".continuation", "e => e.textContent") == whole.json()["choices"][0]["text"]
         assert page.is_enabled("#input") and page.is_enabled("#send")

@@ -70,6 +70,7 @@ def main() -> None:
         sys.exit(2)
     os.environ["GPTLAB_COMMAND"] = f"gptlab {name}"  # hints name the command as typed
     answered(name, rest)
+    sys.modules.pop(f"gptlab.{name}", None)  # imported by the check: runpy runs it afresh as __main__ (no warning)
     sys.argv = [sys.argv[0], *rest]
     # run the entry as __main__ with its own module spec, so that a DDP launch re-runs `python -m gptlab.<name>`
     runpy.run_module(f"gptlab.{name}", run_name="__main__", alter_sys=True)

@@ -35,8 +35,9 @@ TEXTS = {
 }
 
 
-def run(entry: str, *args: str, cwd: Path, stdin: str = "", cache: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run(entry: str, *args: str, cwd: Path, stdin: str = "", cache: Path | None = None,
+        warnings: str = "ignore") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": warnings}
     if cache is not None:
         env["GPTLAB_CACHE_DIR"] = str(cache)
     for inherited in ("HYDRA_FULL_ERROR", "GPTLAB_TRACEBACK", "GPTLAB_SWEEP_JOB", "GPTLAB_COMMAND"):
@@ -68,8 +69,9 @@ def test_prompts_are_taken_as_typed_through_the_cli(byte_run, tmp_path, form):
 def test_prompt_from_standard_input_and_the_front_door(byte_run, tmp_path):
     text = "Line one, with: everything = 'odd' \"here\"\n日本語 🎭\n"
     r = run("gptlab", "generate", f"ckpt_path={byte_run}", "prompt_file=-", "max_new_tokens=2", cwd=tmp_path,
-            stdin=text)
+            stdin=text, warnings="default")
     assert r.returncode == 0 and r.stdout.startswith(text), r.stderr[-1500:]
+    assert "found in sys.modules" not in r.stderr  # the command checked first, then run afresh by runpy
     r = run("gptlab", "generate", f"ckpt_path={byte_run}", "top_k=0", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: top_k must be >= 1 (or null to keep every token), got 0"]

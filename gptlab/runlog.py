@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, Optional, TextIO
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a bar's cursor moves and colours: noise in a file
 Clock = Callable[[], float]
+# a phase that began this recently (a step under way): work flows, and its own line (progress by the clock) is due
+FLOWING_S = 1.0
 
 
 def duration(seconds: float) -> str:
@@ -127,7 +129,7 @@ class Heartbeat:
 
     def due(self, now: float) -> Optional[str]:
         """The line to print at `now`, or None."""
-        if now - self.last < self.every_s:
+        if now - self.last < self.every_s or now - self.phase_since < FLOWING_S:
             return None
         left = self.left() if self.left is not None else None
         budget = f"; {duration(max(left, 0.0))} of the time budget left" if left is not None else ""

@@ -100,6 +100,9 @@ def test_silences_are_filled_from_the_start_with_what_is_under_way():
     assert beat.due(116.0) == "... building the model (10s; 12s of the time budget left)"
     beat.heard()  # something was printed at 106
     assert beat.due(115.9) is None
+    t[0] = 116.5
+    beat.say("step 170 under way")  # steps flowing: the progress line by the clock is theirs to print
+    assert beat.due(117.0) is None and beat.due(117.5) == "... step 170 under way (1s; 12s of the time budget left)"
 
 
 # a short run of model=small on a busy 2-core CPU: 4 s steps, a validation of 14 batches of 64 x 128

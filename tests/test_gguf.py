@@ -237,6 +237,23 @@ def test_llama_cpp_encodes_decodes_and_continues_as_gptlab(tmp_path, bpe, shape)
 
 
 @needs_llama
+def test_the_readmes_lever_recipe_runs_in_llama_cpp_as_in_gptlab(cfg_factory, tmp_path, capsys):
+    """The README's `gptlab train experiment=shakespeare_cpu 'lever=[rope,rmsnorm,swiglu,muon]'` (a few steps),
+    exported by `gptlab export format=gguf`: llama.cpp's greedy continuation is gptlab's."""
+    from gptlab.train import train
+
+    train(cfg_factory("experiment=shakespeare_cpu", "lever=[rope,rmsnorm,swiglu,muon]", "trainer=cpu",
+                      "trainer.precision=32-true", "trainer.max_steps=3", "trainer.max_time=null",
+                      "trainer.val_check_interval=3", "sample_tokens=0"))
+    out = export(OmegaConf.create({"ckpt_path": str(tmp_path / "run"), "format": "gguf"}))
+    assert "(llama.cpp llama, f32" in capsys.readouterr().out
+    loaded = checkpoint.load(tmp_path / "run")
+    ids = loaded.tokenizer.encode("ROMEO:\nBut, soft! what light")
+    ours = generate(loaded.model, torch.tensor([ids]), 24, temperature=0.0)[0, len(ids):].tolist()
+    assert llama_greedy(load(out, **f32_cache()), ids, 24) == ours
+
+
+@needs_llama
 def test_llama_cpp_encodes_and_continues_a_char_model_as_gptlab(tmp_path, shakespeare_text):
     tok = CharTokenizer.train(shakespeare_text[:20_000] + CHARS)
     model = tiny(tok.vocab_size, **SHAPES["qwen3-mqa"])

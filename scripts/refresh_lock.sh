@@ -16,6 +16,7 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q "${TORCH:-torch}"   # default: the newest torch for this platform
 "$venv/bin/python" -m pip install -q -e ".[dev]"
+bash scripts/install_llama.sh "$venv/bin/python"   # llama.cpp for the GGUF checks, as CI builds it
 
 if [[ "${1:-}" != "--no-tests" ]]; then
     "$venv/bin/python" -m pytest -q

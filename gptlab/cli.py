@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import sys
-import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from gptlab.config import TRAIN_FREE_TEXT, check_train, groups, literal, options, to_spec
 from gptlab.errors import GptlabError, did_you_mean
 from gptlab.rundir import RECORD
+from gptlab.runlog import traceback_of
 from gptlab.model import ConfigError
 from gptlab.tokenizers import TokenizerError
 from gptlab.usage import entry_help, train_help
@@ -332,13 +332,11 @@ def last_words(ex: BaseException) -> Optional[str]:
     """What the terminal shows of an exception that ends a job (for its log): the one `error:` line of a user's
     error (printed by reports_errors), "interrupted" for Ctrl-C, the traceback of anything else; nothing for an
     exit, whose message was printed already."""
-    if isinstance(ex, SystemExit):
-        return None
     if isinstance(ex, KeyboardInterrupt):
         return "interrupted"
     if isinstance(ex, USER_ERRORS) and os.environ.get("GPTLAB_TRACEBACK") != "1":
         return f"error: {one_line(ex)}"
-    return "".join(traceback.format_exception(type(ex), ex, ex.__traceback__)).rstrip("\n")
+    return traceback_of(ex)
 
 
 def remove_if_unused(cfg: DictConfig) -> bool:

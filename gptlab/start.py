@@ -46,9 +46,6 @@ def start(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
     run = RunDir(Path(cfg.paths.output_dir))
     if not cfg.ckpt_path and not cfg.init_from and requeued(run):
         cfg.ckpt_path = str(run.path)  # a SLURM job requeued after pre-emption continues its run
-    if cfg.ckpt_path and cfg.init_from and not started_from(cfg.ckpt_path, cfg.init_from):
-        raise GptlabError("init_from= starts a new run from trained weights, ckpt_path= resumes a run: give one "
-                          "(or the init_from= the resumed run started from, as its command had it)")
     begun = resume(cfg, overrides) if cfg.ckpt_path else from_weights(cfg, overrides) if cfg.init_from else Start(cfg)
     last = RunDir(Path(begun.cfg.paths.output_dir)).last
     if last.exists() and (begun.ckpt_path is None or last.resolve() != begun.ckpt_path.resolve()):
@@ -70,6 +67,9 @@ def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
     path = find_checkpoint(cfg.ckpt_path, last_first=True)
     record = checkpoint.read_record(checkpoint.read(path), path)
     stored = record["config"]
+    if cfg.init_from and not same_source(stored.get("init_from"), cfg.init_from):
+        raise GptlabError("init_from= starts a new run from trained weights, ckpt_path= resumes a run: give one "
+                          "(or the init_from= the resumed run started from, as its command had it)")
     if overrides is None:
         new = OmegaConf.merge(stored, run_config(cfg))
     else:
@@ -99,10 +99,9 @@ def resume(cfg: DictConfig, overrides: Optional[list[str]]) -> Start:
                  new_tokens_from=(record.get("lora") or {}).get("new_tokens_from"))
 
 
-def started_from(ckpt_path: str, init_from: str) -> bool:
-    """Whether the run at ckpt_path started from init_from (the same text, or the same file or folder)."""
-    path = find_checkpoint(ckpt_path, last_first=True)
-    recorded = checkpoint.read_record(checkpoint.read(path), path)["config"].get("init_from")
+def same_source(recorded: Optional[str], init_from: str) -> bool:
+    """Whether a run that recorded init_from=`recorded` started from init_from (the same text, or the same file
+    or folder)."""
     if recorded is None:
         return False
     same_file = Path(str(recorded)).exists() and Path(str(recorded)).resolve() == Path(str(init_from)).resolve()

@@ -120,6 +120,8 @@ def test_training_batches_are_reproducible_and_group_like_lengths():
     widths = [stream.batch(i)[0].size(1) for i in range(32)]
     # rows 3..42 tokens long: sorted groups keep a batch within a few tokens of its longest
     assert min(widths) < 15 and max(widths) > 35 and all(stream.batch(i)[0].size(0) == 8 for i in range(4))
+    # widths rounded up to a multiple of 8 (few shapes: a CPU's matmul kernels are reused), never past the longest row
+    assert all(w % chat_data.PAD_TO == 0 or w == rows.longest - 1 for w in widths) and max(widths) == rows.longest - 1
     for i in range(8):
         x, _ = stream.batch(i)
         lengths = (x != 0).sum(1)

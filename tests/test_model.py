@@ -69,6 +69,29 @@ def test_training_takes_the_fused_causal_path_with_no_mask(lever, monkeypatch):
     assert len(calls) == 2 and all(mask is not None and not causal and p == 0.0 for mask, causal, p in calls)
 
 
+@pytest.mark.parametrize("options", [{}, {"logit_softcap": 3.0, "tie_weights": False}, {"recompute": True}])
+def test_training_loss_in_chunks_equals_the_whole_logits(options, monkeypatch):
+    """A training step's loss (model/loss.py: the head's logits a chunk at a time, no logits kept) and every gradient
+    equal cross-entropy over the whole logits, ignored targets included; model.recompute changes no gradient."""
+    import gptlab.model.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "LOGITS_AT_ONCE", 7 * 50)  # chunks of 7 tokens: the last one short
+    m = tiny(**options).train()
+    x = torch.randint(0, 50, (3, 16))
+    y = x.roll(-1, 1)
+    y[0, :5] = -1  # a prompt's tokens are not scored
+    logits, loss = m(x, y)
+    assert logits is None
+    loss.backward()
+    chunked = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    whole = torch.nn.functional.cross_entropy(m.head(m.features(x)).flatten(0, 1), y.flatten(), ignore_index=-1)
+    whole.backward()
+    assert loss.item() == pytest.approx(whole.item(), abs=1e-6)
+    for n, p in m.named_parameters():
+        assert torch.allclose(chunked[n], p.grad, atol=1e-6), n
+
+
 def test_initial_loss_is_log_vocab():
     m = tiny(vocab_size=65)
     torch.manual_seed(1)

@@ -18,9 +18,11 @@ from typing import ClassVar, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gptlab.model.cache import KVCache
 from gptlab.model.linear import Linear
+from gptlab.model.loss import ChunkedHeadLoss
 
 ACTIVATIONS = ("gelu", "relu", "relu2", "swiglu")
 NORMS = ("pre", "post")
@@ -56,9 +58,12 @@ class GPTConfig:
     n_kv_head: Optional[int] = None  # grouped-query attention: heads of keys and values, dividing n_head; None: n_head
     logit_softcap: Optional[float] = None  # logits squashed smoothly into (-cap, cap) by cap * tanh(x / cap)
     zero_init: bool = False  # output projections start at zero, so each block starts as the identity
+    # training only: each block's activations are recomputed in the backward pass instead of kept (activation
+    # checkpointing): the memory of one block's instead of every block's, for about a third more compute
+    recompute: bool = False
 
     # the weights do not depend on these: a resumed run may change them (every other field is the model's shape)
-    CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("dropout", "attention")
+    CHANGEABLE_ON_RESUME: ClassVar[tuple[str, ...]] = ("dropout", "attention", "recompute")
     # a new run from trained weights (init_from=) may also use fewer positions or more tokens: model/resize.py
     CHANGEABLE_ON_INIT: ClassVar[tuple[str, ...]] = (*CHANGEABLE_ON_RESUME, "block_size", "vocab_size")
 
@@ -277,11 +282,15 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters()) - (wpe if non_embedding else 0)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                cache: Optional[KVCache] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                cache: Optional[KVCache] = None) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """idx (B, T) token ids -> logits (B, T, vocab); with targets (B, T) also the mean cross-entropy.
         With a KV cache (decoding, gptlab/model/engine.py) idx's tokens follow what the cache's rows hold, and only
-        the last position's logits are computed, (B, 1, vocab): decoding reads no others."""
+        the last position's logits are computed, (B, 1, vocab): decoding reads no others. A training step (train mode,
+        targets, gradients) gets no logits: its loss is computed a chunk of tokens at a time (model/loss.py)."""
         x = self.features(idx, cache)
+        if targets is not None and self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return None, ChunkedHeadLoss.apply(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
+                                               self.config.logit_softcap)
         logits = self.head(x if cache is None else x[:, -1:])  # (B, T, vocab)
         loss = None
         if targets is not None:
@@ -305,8 +314,9 @@ class GPT(nn.Module):
         if self.config.pos == "rope":  # the tokens' rotations: (T, hs/2), or (B, 1, T, hs/2), the same for every head
             cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)
             rope = (cos, sin) if pos.dim() == 1 else (cos.unsqueeze(1), sin.unsqueeze(1))
+        recompute = self.config.recompute and self.training and torch.is_grad_enabled() and cache is None
         for block in self.transformer.h:
-            x = block(x, rope, cache)
+            x = checkpoint(block, x, rope, cache, use_reentrant=False) if recompute else block(x, rope, cache)
         return self.transformer.ln_f(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,8 @@ class LoRALinear(Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return super().forward(x)
-        return super().forward(x) + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scale
+        change = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)  # (..., r) -> (..., out)
+        return super().forward(x).add_(change, alpha=self.scale)  # in place: one output-sized tensor fewer
 
     def delta(self) -> torch.Tensor:
         """The change to the weight, (out, in)."""

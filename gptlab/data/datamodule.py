@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from gptlab.data.cache import TokenFiles
-from gptlab.data.chat import (Conversation, Question, RandomConversations, RandomQuestions, Rows, chat_vocabulary,
-                              check_room, encode, loader, questions, split, summary, tokens_per_char)
+from gptlab.data.chat import (PAD_TO, Conversation, Question, RandomConversations, RandomQuestions, Rows,
+                              chat_vocabulary, check_room, encode, loader, questions, split, summary, tokens_per_char)
 from gptlab.data.config import DataConfig
 from gptlab.data.sources import DataError
 from gptlab.data.tokens import open_tokens, token_entry
@@ -134,7 +134,7 @@ class ChatDataModule(L.LightningDataModule):
         """The data in one line, for the start of a run."""
         if self.serve_questions:
             return f"{self.summary}; {self.config.batch_size} a step"
-        return f"{self.summary}; batches of {self.config.batch_size} padded to their longest"
+        return f"{self.summary}; batches of {self.config.batch_size} padded to their longest (a multiple of {PAD_TO})"
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import tempfile
 import json
 import statistics
 import subprocess
@@ -85,31 +84,17 @@ def one(kind: str, args: argparse.Namespace) -> dict:
 
 def quality(args: argparse.Namespace) -> None:
     """LoRA SFT against full SFT from the same base in the same time, judged on the held-out answers."""
-    from bench_rl import cpu, exact_match, trained
+    from bench_rl import compared, exact_match, prepared, trained
 
-    out = Path(args.out or tempfile.mkdtemp(prefix="bench_lora-")).resolve()
-    print(f"cpu: {cpu()}\nout: {out}", flush=True)
-    tasks = out / "tasks"
-    if not (tasks / "test.jsonl").is_file():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "make_tasks.py"), f"out={tasks}"], check=True)
-    base = Path(args.base).resolve() if args.base else out / "base"
-    if not args.base:
-        trained("shakespeare_cpu", base, "sample_tokens=0")
+    out, tasks, base = prepared(args.out, args.base, "bench_lora-")
     got, minutes = {}, {}
     for kind, extra in (("full", []), ("lora", ["finetune=lora", *args.overrides])):
-        metrics, seconds = trained("sft_tasks", out / kind, f"init_from={base}", f"data.path={tasks}",
+        _, seconds = trained("sft_tasks", out / kind, f"init_from={base}", f"data.path={tasks}",
                                    f"trainer.max_time={args.sft_time}", "sample_tokens=0", *extra)
         got[kind], minutes[kind] = exact_match(out / kind, tasks / "test.jsonl"), seconds / 60
     full, lora = got["full"], got["lora"]
-    print(f"\n{'task':<14}{'full':>8}{'LoRA':>8}{'LoRA-full':>11}")
-    rows = []
-    for task, a in full["exact_match_by_task"].items():
-        b = lora["exact_match_by_task"][task]
-        print(f"{task:<14}{a:8.1%}{b:8.1%}{(b - a) * 100:+10.1f}")
-        rows.append([task, f"{a:.1%}", f"{b:.1%}", f"{(b - a) * 100:+.1f}"])
+    rows = compared(full, lora, ("full", "LoRA"))
     gap = (lora["exact_match"] - full["exact_match"]) * 100
-    print(f"{'all answers':<14}{full['exact_match']:8.1%}{lora['exact_match']:8.1%}{gap:+10.1f}")
-    rows.append(["**all answers**", f"**{full['exact_match']:.1%}**", f"**{lora['exact_match']:.1%}**", f"{gap:+.1f}"])
     last_line = f"lora - full SFT exact match: {gap:+.1f} points"
     print(last_line)
     if not args.no_record:

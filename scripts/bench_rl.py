@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 from pathlib import Path
 
 from results import add_flag, record
@@ -51,6 +52,32 @@ def trained(experiment: str, out: Path, *overrides: str) -> tuple[dict, float]:
     return metrics, time.monotonic() - started
 
 
+def prepared(out: Optional[str], base: Optional[str], prefix: str) -> tuple[Path, Path, Path]:
+    """The runs' folder, the task set in it (made once) and the base run (the first command's model, trained
+    first unless given)."""
+    folder = Path(out or tempfile.mkdtemp(prefix=prefix)).resolve()
+    print(f"cpu: {cpu()}\nout: {folder}", flush=True)
+    tasks = folder / "tasks"
+    if not (tasks / "test.jsonl").is_file():
+        subprocess.run([sys.executable, str(REPO / "scripts" / "make_tasks.py"), f"out={tasks}"], check=True)
+    start = Path(base).resolve() if base else folder / "base"
+    if not base:
+        trained("shakespeare_cpu", start, "sample_tokens=0")
+    return folder, tasks, start
+
+
+def compared(before: dict, after: dict, names: tuple[str, str]) -> list[list[str]]:
+    """Two evals' exact match per task and over all answers, printed, and as the rows of the recorded table."""
+    print(f"\n{'task':<14}{names[0]:>8}{names[1]:>8}{'change':>9}")
+    rows = []
+    pairs = [(task, old, after["exact_match_by_task"][task]) for task, old in before["exact_match_by_task"].items()]
+    for task, old, new in [*pairs, ("all answers", before["exact_match"], after["exact_match"])]:
+        print(f"{task:<14}{old:8.1%}{new:8.1%}{(new - old) * 100:+8.1f}")
+        b = "**" if task == "all answers" else ""  # the total in bold
+        rows.append([f"{b}{task}{b}", f"{b}{old:.1%}{b}", f"{b}{new:.1%}{b}", f"{(new - old) * 100:+.1f}"])
+    return rows
+
+
 def exact_match(run: Path, test: Path) -> dict:
     from gptlab import eval as evaluate
     from gptlab.config import composed
@@ -67,30 +94,14 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="overrides for the RL run (after --), e.g. optim.lr=1e-3")
     add_flag(p)
     args = p.parse_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="bench_rl-")).resolve()
-    print(f"cpu: {cpu()}\nout: {out}", flush=True)
-    tasks = out / "tasks"
-    if not (tasks / "test.jsonl").is_file():
-        subprocess.run([sys.executable, str(REPO / "scripts" / "make_tasks.py"), f"out={tasks}"], check=True)
-    base = Path(args.base).resolve() if args.base else out / "base"
-    if not args.base:
-        trained("shakespeare_cpu", base, "sample_tokens=0")
+    out, tasks, base = prepared(args.out, args.base, "bench_rl-")
     _, sft_s = trained("sft_tasks", out / "sft", f"init_from={base}", f"data.path={tasks}",
                        f"trainer.max_time={args.sft_time}", "sample_tokens=0")
     _, rl_s = trained("rl_tasks", out / "rl", f"init_from={out / 'sft'}", f"data.path={tasks}",
                       f"trainer.max_time={args.rl_time}", "sample_tokens=0", *args.overrides)
     before, after = exact_match(out / "sft", tasks / "test.jsonl"), exact_match(out / "rl", tasks / "test.jsonl")
 
-    print(f"\n{'task':<14}{'SFT':>8}{'SFT+RL':>8}{'change':>9}")
-    rows = []
-    for task, old in before["exact_match_by_task"].items():
-        new = after["exact_match_by_task"][task]
-        print(f"{task:<14}{old:8.1%}{new:8.1%}{(new - old) * 100:+8.1f}")
-        rows.append([task, f"{old:.1%}", f"{new:.1%}", f"{(new - old) * 100:+.1f}"])
-    print(f"{'all answers':<14}{before['exact_match']:8.1%}{after['exact_match']:8.1%}"
-          f"{(after['exact_match'] - before['exact_match']) * 100:+8.1f}")
-    rows.append(["**all answers**", f"**{before['exact_match']:.1%}**", f"**{after['exact_match']:.1%}**",
-                 f"{(after['exact_match'] - before['exact_match']) * 100:+.1f}"])
+    rows = compared(before, after, ("SFT", "SFT+RL"))
     worst = min(after["exact_match_by_task"][t] - v for t, v in before["exact_match_by_task"].items())
     print(f"SFT {sft_s / 60:.1f} min ({before['step']:,} steps), RL {rl_s / 60:.1f} min "
           f"({after['step']:,} steps): {(sft_s + rl_s) / 60:.1f} min; the largest drop of a task: {-worst * 100:.1f} "

@@ -233,8 +233,8 @@ PAD_TO = 8  # batches are padded to a multiple of 8 tokens: a CPU's matmul kerne
 def pad(rows: Rows, which: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows `which` as a batch padded to the longest, rounded up to a multiple of PAD_TO (never past the longest row
     of all): x (B, T) the inputs, y (B, T) the targets (-1: no loss). Each new width costs oneDNN a new kernel, and
-    its cache holds too few for every width of every matrix: rounded, fine-tuning the first run's model took 1.13x
-    (full) and 1.33x (LoRA) the steps in the same minute on a 2-core Xeon with AMX."""
+    its cache holds too few for every width of every matrix: rounded, fine-tuning steps at the first run's size ran
+    1.2x (full) and 1.75x (LoRA) as fast on a 2-core Xeon with AMX (widths 12..64 drawn at random, bf16)."""
     T = max(len(rows.ids[i]) for i in which) - 1
     T = min(-(-T // PAD_TO) * PAD_TO, rows.longest - 1)
     x = np.zeros((len(which), T), dtype=np.int64)

@@ -35,18 +35,19 @@ class ChunkedHeadLoss(torch.autograd.Function):
                 squash = torch.tanh(logits / softcap)
                 logits = softcap * squash
             logp = logits.log_softmax(-1)
-            keep = (yc != -1).nonzero().squeeze(1)
+            is_scored = yc != -1
+            keep = is_scored.nonzero().squeeze(1)
             loss -= logp[keep, yc[keep]].sum()
             grad = logp.exp_()  # d loss / d logits = softmax - one-hot, on scored rows only
             grad[keep, yc[keep]] -= 1
-            grad[yc == -1] = 0
+            grad[~is_scored] = 0
             if softcap:
                 grad *= 1 - squash * squash  # d (cap tanh(z / cap)) / dz
             grad = grad.to(weight.dtype)  # the products back run as the one forward did (autocast's precision)
             grad_x[start:start + chunk] = grad @ weight  # (n, C)
             if grad_w is not None:
                 grad_w += grad.t() @ xc  # (V, C)
-        ctx.save_for_backward(grad_x / scored, None if grad_w is None else grad_w / scored)
+        ctx.save_for_backward(grad_x.div_(scored), None if grad_w is None else grad_w.div_(scored))  # in place: no copies
         return loss / scored
 
     @staticmethod

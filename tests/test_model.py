@@ -69,6 +69,23 @@ def test_training_takes_the_fused_causal_path_with_no_mask(lever, monkeypatch):
     assert len(calls) == 2 and all(mask is not None and not causal and p == 0.0 for mask, causal, p in calls)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_decodings_linear_split_across_threads_equals_one_product(threads):
+    """Linear cuts a few rows' product by output rows, one part per thread (leftover rows alone): the same numbers.
+    The suite runs one thread per worker, so the split is asked for here."""
+    from gptlab.model.linear import Linear
+
+    torch.manual_seed(0)
+    layer, before = Linear(48, 100), torch.get_num_threads()  # 100 rows: 3 threads leave one over
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for x in (torch.randn(3, 48), torch.randn(2, 1, 48)):
+                torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("options", [{}, {"logit_softcap": 3.0, "tie_weights": False}, {"recompute": True}])
 def test_training_loss_in_chunks_equals_the_whole_logits(options, monkeypatch):
     """A training step's loss (model/loss.py: the head's logits a chunk at a time, no logits kept) and every gradient

@@ -16,9 +16,9 @@ A run of objective=grpo also keeps `reference_state_dict`: the weights it starte
 against (loaders ignore it).
 
 A run of finetune=lora records its adapters' settings and what they sit on, `"lora": {"config": {...}, "base":
-"gpt2" or a path, or None, "checksum": ..., "new_tokens_from": the first token row the base lacked, or None}`;
-with a base, its `state_dict` holds the adapters alone (a few MB for GPT-2) and the trained rows of the tokens the
-base lacked (`lora_new_tokens`: chat markers, new characters), and `load` rebuilds the base from where it was, checks it is the same (`base_checksum`) and folds the
+"gpt2" or a path, or None, "checksum": ..., "new_tokens_from": the first token row that trained (the first the
+base lacked; 0 with lora.tokens=all), or None}`; with a base, its `state_dict` holds the adapters alone (a few MB
+for GPT-2) and the trained rows of the token table (`lora_new_tokens`: chat markers, new characters), and `load` rebuilds the base from where it was, checks it is the same (`base_checksum`) and folds the
 adapters in. Without one (adapters on a model trained from scratch) the state_dict holds every weight.
 
 `load` checks the format: format 1 (gptlab 0.1, settings in Lightning's `hyper_parameters`) is converted

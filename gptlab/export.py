@@ -128,11 +128,17 @@ def exportable_with(config: GPTConfig, gguf: bool) -> str:
 def export_adapter(loaded: checkpoint.Loaded, target: Path, tokenizer_files: dict[str, str], arch: str) -> Path:
     """target/base: the model the adapters sit on, as a Hugging Face folder; target/adapter: the adapters, as PEFT's."""
     base_dir, adapter_dir = writable(target / "base"), writable(target / "adapter")  # before anything is written
-    state = loaded.model.state_dict()
-    base = GPT(loaded.model.config)
-    base.load_state_dict({k: v for k, v in state.items() if ".lora_" not in k})
-    lora = LoRAConfig(**loaded.record["lora"]["config"])
-    adapter_config, tensors = adapter_files(adapter_state(loaded.model), base.config, lora, arch, str(base_dir))
+    state, record = loaded.model.state_dict(), loaded.record["lora"]
+    lora = LoRAConfig(**record["config"])
+    token_rows = None
+    if lora.tokens == "all" and record["base"]:  # the base keeps its own rows; the adapter carries the trained ones
+        base = checkpoint.lora_base(record, loaded.model.config, loaded.path)
+        token_rows = state["transformer.wte.weight"]
+    else:  # the rows of the tokens the base lacked, trained, go into the base: PEFT's base has no rows for them
+        base = GPT(loaded.model.config)
+        base.load_state_dict({k: v for k, v in state.items() if ".lora_" not in k})
+    adapter_config, tensors = adapter_files(adapter_state(loaded.model), base.config, lora, arch, str(base_dir),
+                                            token_rows)
     save_hf_folder(base, base_dir, tokenizer_files=tokenizer_files, eos_token_id=loaded.tokenizer.eot_id)
     write_folder(adapter_dir, {"adapter_config.json": json.dumps(adapter_config, indent=2) + "\n",
                                "adapter_model.safetensors": safetensors_module().save(tensors)})

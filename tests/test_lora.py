@@ -71,15 +71,16 @@ def test_only_the_adapters_train():
 @pytest.mark.parametrize("settings, message", [
     (dict(rank=0), "lora.rank must be >= 1"), (dict(alpha=0), "lora.alpha must be > 0"),
     (dict(targets=["attn.q"]), "'attn.q' is not a target: use any of attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj"),
-    (dict(dropout=1.0), "lora.dropout must be in"),
+    (dict(dropout=1.0), "lora.dropout must be in"), (dict(tokens="some"), "lora.tokens must be new .* or all"),
 ])
 def test_bad_settings_are_one_line(settings, message):
     with pytest.raises(ConfigError, match=message):
         LoRAConfig(**settings)
 
 
+@pytest.mark.parametrize("tokens", ["new", "all"])
 @pytest.mark.parametrize("lever", ["gpt2", "llama", "qwen3-gqa"])
-def test_the_peft_adapter_loads_in_peft_with_gptlabs_logits(tmp_path, lever):
+def test_the_peft_adapter_loads_in_peft_with_gptlabs_logits(tmp_path, lever, tokens):
     pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
     from peft import PeftModel
@@ -89,11 +90,16 @@ def test_the_peft_adapter_loads_in_peft_with_gptlabs_logits(tmp_path, lever):
 
     model = tiny(**LEVERS[lever])
     save_hf_folder(model, tmp_path / "base")
-    lora = LoRAConfig(rank=4, alpha=8)
+    lora = LoRAConfig(rank=4, alpha=8, tokens=tokens)
     add_lora(model, lora)
     randomise_adapters(model)
+    rows = None
+    if tokens == "all":  # the whole table trained (and the head tied to it): PEFT's trainable tokens carry it
+        rows = model.transformer.wte.weight
+        with torch.no_grad():
+            rows.add_(torch.randn_like(rows) * 0.1)
     config, tensors = adapter_files(adapter_state(model), model.config, lora, architecture(model.config),
-                                    str(tmp_path / "base"))
+                                    str(tmp_path / "base"), rows)
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter/adapter_config.json").write_text(json.dumps(config))
     from safetensors.torch import save_file
@@ -178,6 +184,34 @@ def test_tokens_the_base_lacks_train_and_its_own_stay(lora_runs, cache_dir, tmp_
     assert torch.equal(table[:first], base)  # the base's own rows: untouched, weight decay included
     new = table[first:]
     assert (new - base.mean(0)).abs().max() > 1e-3 and (new[0] - new[1:]).abs().max() > 1e-3  # trained, apart
+
+
+def test_the_whole_table_trains_with_lora_tokens_all_and_exports_as_peft_trainable_tokens(lora_runs, cache_dir,
+                                                                                             tmp_path):
+    """lora.tokens=all: every row of the table (and the tied head) trains beside the adapters; the checkpoint keeps
+    the table, the base stays as it was on disk, and the PEFT export puts the trained rows on the unchanged base."""
+    pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from omegaconf import OmegaConf
+    from peft import PeftModel
+
+    from gptlab import export
+    from tests.conftest import make_cfg
+
+    train(make_cfg(tmp_path / "run", cache_dir, ["finetune=lora", "lora.rank=4", "lora.tokens=all", "optim.lr=1e-2",
+                                                 "trainer.max_steps=4", f"init_from={lora_runs / 'base'}"]))
+    saved = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
+    assert saved["gptlab"]["lora"]["new_tokens_from"] == 0 and saved["state_dict"][checkpoint.NEW_TOKENS].shape[0] == 65
+    base = checkpoint.load(lora_runs / "base").model.transformer.wte.weight
+    run = checkpoint.load(tmp_path / "run").model
+    assert ((run.transformer.wte.weight - base).abs().amax(dim=1) > 1e-4).all()  # every row trained (the tied head)
+    export.run(OmegaConf.create({"ckpt_path": str(tmp_path / "run"), "out": str(tmp_path / "x"), "adapter": True}))
+    hf_base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "x/base")
+    assert torch.equal(hf_base.transformer.wte.weight.detach(), base)  # the base as it is: its own rows
+    theirs = PeftModel.from_pretrained(hf_base, tmp_path / "x/adapter").eval()
+    x = torch.randint(0, 65, (2, 20))
+    with torch.no_grad():
+        assert torch.allclose(theirs(x).logits, run(x)[0], atol=1e-4)
 
 
 def test_settings_that_cannot_work_are_one_line(lora_runs, cache_dir, tmp_path):

@@ -17,7 +17,7 @@ from gptlab.lit.metrics import batch_figures, byte_table, epoch_figures
 from gptlab.lit.optim import build_optimizer, optimizer_groups
 from gptlab.lit.schedule import WarmupCosine
 from gptlab.model import GPT, GPTConfig, LoRAConfig, add_lora, add_tokens
-from gptlab.model.lora import adapters, base_checksum, train_new_tokens
+from gptlab.model.lora import adapters, base_checksum, train_token_rows
 
 NEW_TOKENS = checkpoint.NEW_TOKENS
 from gptlab.tokenizers import Tokenizer
@@ -42,7 +42,7 @@ class GPTLitModule(L.LightningModule):
                  base: Optional[str] = None, new_tokens_from: Optional[int] = None) -> None:
         super().__init__()
         self.lora, self.base, self.base_checksum = lora, base, ""  # finetune=lora; what its adapters sit on
-        self.new_tokens_from = new_tokens_from  # LoRA: the token rows the base lacks train too, from this one
+        self.new_tokens_from = new_tokens_from  # LoRA: the token table's rows from this one on train too
         self.config = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.compile, self.run_config = compile, run_config or {}
@@ -87,8 +87,10 @@ class GPTLitModule(L.LightningModule):
         if self.lora is not None and not any(adapters(self.model)):  # a resume's base is checked on loading
             self.base_checksum = base_checksum(self.model) if self.base else ""
             add_lora(self.model, self.lora)
+            if self.lora.tokens == "all":
+                self.new_tokens_from = 0
             if self.new_tokens_from is not None:
-                train_new_tokens(self.model, self.new_tokens_from)
+                train_token_rows(self.model, self.new_tokens_from)
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None):
         assert self.model is not None, "the model is built in setup() or from a tokenizer"

@@ -347,7 +347,7 @@ class GPT(nn.Module):
 
 def param_groups(model: GPT, hidden: bool = False) -> list[dict]:
     """AdamW groups: matrices (Linear weights, embeddings) decay at the optimizer's weight_decay; biases, norm
-    gains and a table marked `no_decay` (lora.train_new_tokens) do not decay. hidden=True: the blocks' matrices
+    gains and a table marked `no_decay` (lora.train_token_rows) do not decay. hidden=True: the blocks' matrices
     in a group of their own first, marked `muon` (Muon orthogonalises the updates of hidden matrices; embeddings
     and the head stay with AdamW)."""
     in_blocks = {id(p) for p in model.transformer.h.parameters()} if hidden else set()

@@ -9,7 +9,7 @@ changes nothing for A and B). Llama and Qwen3 split what gptlab keeps fused: q, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -22,10 +22,12 @@ LLAMA_TARGETS = {"attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_a
 
 
 def adapter_files(adapters: dict[str, torch.Tensor], config: GPTConfig, lora: LoRAConfig, architecture: str,
-                  base: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+                  base: str, token_rows: Optional[torch.Tensor] = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(adapter_config.json's contents, adapter_model.safetensors' tensors) for the adapters of a model of
     `config` (state_dict names: transformer.h.0.attn.c_attn.lora_A, ...) exported as `architecture`
-    (GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM); base: the base's folder, as PEFT records it."""
+    (GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM); base: the base's folder, as PEFT records it.
+    token_rows: the trained rows of the token table (lora.tokens=all), as PEFT's trainable tokens, which replace
+    those rows of the base's input embedding (and of a head tied to it) by their trained values."""
     gpt2 = architecture == "GPT2LMHeadModel"
     C, kv, hidden = config.n_embd, config.kv_heads * config.head_size, config.mlp_hidden
     tensors = {}
@@ -48,5 +50,10 @@ def adapter_files(adapters: dict[str, torch.Tensor], config: GPTConfig, lora: Lo
         "fan_in_fan_out": gpt2,  # GPT-2's Conv1D holds its matrices (in, out)
         "bias": "none", "inference_mode": True, "modules_to_save": None, "use_rslora": False, "use_dora": False,
     }
+    if token_rows is not None:
+        table = "transformer.wte" if gpt2 else "model.embed_tokens"
+        adapter_config["trainable_token_indices"] = {table.rsplit(".", 1)[1]: list(range(len(token_rows)))}
+        tensors[f"base_model.model.{table}.token_adapter.trainable_tokens_delta"] = token_rows.detach().cpu().float() \
+            .contiguous()  # PEFT's name; the rows' values, not a difference
     return adapter_config, tensors
 
